@@ -1,0 +1,128 @@
+"""The `jaxscale` command: a thin shell over the Python API.
+
+    jaxscale run CONFIG [--out DIR] [--seeds N] [--P 1000,2000] [--epochs T] [--set key=value ...]
+    jaxscale analyze PATH [...]
+    jaxscale perceptron run CONFIG | theory --alpha A
+    jaxscale bench norms | throughput | experiment
+    jaxscale data download NAME | info
+
+Any user-fixable problem prints one line ``jaxscale: error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from jaxscale.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UsageError(f"--P {text!r}: give comma-separated integers, e.g. --P 1000,2000") from None
+    if not vals:
+        raise UsageError("--P is empty: give comma-separated integers, e.g. --P 1000,2000")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="jaxscale", description="Dynamical neural scaling laws, measured fast (JAX/Flax).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="train an experiment config and write curves.npz + manifest.json")
+    r.add_argument("config", help="TOML config, e.g. configs/quickstart.toml")
+    r.add_argument("--out", help="run directory (default: runs/<config name>)")
+    r.add_argument("--seeds", type=int, help="number of seeds (overrides train.seeds)")
+    r.add_argument("--P", help="comma-separated training-set sizes (overrides train.P)")
+    r.add_argument("--epochs", type=int, help="epochs (overrides train.epochs)")
+    r.add_argument("--data-dir", help="tfds data_dir (overrides data.data_dir / $TFDS_DATA_DIR)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
+    r.add_argument("--quiet", action="store_true", help="no progress display")
+
+    a = sub.add_parser("analyze", help="fit the two scaling laws on a run directory or reference .npz")
+    from jaxscale.analysis import cli as analysis_cli
+
+    analysis_cli.add_arguments(a)
+
+    pc = sub.add_parser("perceptron", help="teacher-student perceptron: simulations and theory")
+    from jaxscale.perceptron import cli as perceptron_cli
+
+    perceptron_cli.add_arguments(pc)
+
+    d = sub.add_parser("data", help="download / inspect datasets (tensorflow-datasets)")
+    from jaxscale.data import cli as data_cli
+
+    data_cli.add_arguments(d)
+
+    b = sub.add_parser("bench", help="benchmarks: norms, throughput, experiment")
+    from jaxscale import bench as bench_cli
+
+    bench_cli.add_arguments(b)
+    return p
+
+
+def _cmd_run(args) -> int:
+    from jaxscale.config import load_config, parse_overrides
+
+    overrides = parse_overrides(args.set)
+    if args.seeds is not None:
+        overrides["train.seeds"] = args.seeds
+    if args.P is not None:
+        overrides["train.P"] = _int_list(args.P)
+    if args.epochs is not None:
+        overrides["train.epochs"] = args.epochs
+    if args.data_dir is not None:
+        overrides["data.data_dir"] = args.data_dir
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+
+    from jaxscale.experiment import format_summary, run, summary_rows
+    from jaxscale.progress import ProgressPrinter, fmt_duration
+    from jaxscale.train import build_experiment
+
+    exp = build_experiment(cfg)  # loads the data and builds the model: every config error shows here
+    S, T = cfg.train.seeds, cfg.train.epochs
+    print(f"jaxscale run: {cfg.name} — {cfg.model.family}/{cfg.model.preset} on {cfg.data.dataset}, "
+          f"P={list(cfg.train.P)}, {S} seeds, {T} epochs, {exp.strategy} ensemble on "
+          f"{exp.spec.hyper.get('conv_impl', 'xla')} convs", file=sys.stderr)
+    result = run(cfg, out, progress=None if args.quiet else ProgressPrinter(), experiment=exp)
+    print(f"\nTest error per P ({S} seeds, {T} epochs, {result.manifest['resolved']['ensemble_strategy']} "
+          f"ensemble on {result.manifest['environment']['backend']}, {fmt_duration(result.stats.wall_s)}):")
+    print(format_summary(summary_rows(result.curves)))
+    if result.stats.nonfinite:
+        print(f"warning: {len(result.stats.nonfinite)} seed(s) diverged (NaN in their curves): "
+              + ", ".join(f"P={d['P']} seed={d['seed']}" for d in result.stats.nonfinite[:5]))
+    print(f"\nResults: {out / 'curves.npz'}, {out / 'manifest.json'}")
+    print(f"Next: jaxscale analyze {out}")
+    if result.stats.nonfinite and len(result.stats.nonfinite) == len(cfg.train.P) * S:
+        print("jaxscale: error: every seed diverged: lower train.lr", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return _cmd_run(args)
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"jaxscale: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("jaxscale: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Typed experiment configuration: one place, loaded from TOML, validated once at the edge.
+
+A config file has a top-level ``name`` (and optional ``description``) and the sections below; every key
+is optional except ``train.P``. Unknown keys, wrong types and impossible values raise
+:class:`~jaxscale.errors.UsageError` with a one-line message naming the key and the fix.
+
+    name = "cnn_cifar10"
+    [model]        family, preset, init_factor, init, and [model.arch] overrides of the preset
+    [data]         dataset, data_dir, augment, augment_eval, mean, std, eval_batch_size
+    [train]        P, seeds, seed_start, epochs, batch_size, optimizer, lr, weight_decay, log_points
+    [norms]        convention, power_iterations, every
+    [parallel]     ensemble (how seeds are batched), seeds_per_device, data
+    [checkpoint]   every_epochs, every_minutes, keep
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from jaxscale.errors import UsageError
+
+FAMILIES = ("cnn", "resnet", "vit")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+CONVENTIONS = ("paper", "bartlett")
+ENSEMBLE_STRATEGIES = ("auto", "vmap", "loop")
+PRECISIONS = ("fp32", "tf32", "bf16")
+AUGMENTS = ("none", "crop_flip", "affine")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str = "cnn"
+    #: architecture preset of jaxscale.models.PRESETS[family] (e.g. "mnist", "cifar10", "digits")
+    preset: str = "digits"
+    #: multiplier of the initial weights (PROTOCOL §2.4); biases are never scaled
+    init_factor: float = 1.0
+    #: "head" (official HEAD init) or "old" (the older ViT init used by the ViT-MNIST runs)
+    init: str = "head"
+    #: how convolutions are computed: "auto" (patches on CPU, xla elsewhere), "xla", "patches"
+    conv_impl: str = "auto"
+    #: overrides of preset fields, e.g. {channels = [16, 32]}
+    arch: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    #: tfds data_dir (None: $TFDS_DATA_DIR or tfds' default)
+    data_dir: Optional[str] = None
+    #: "none" | "crop_flip" | "affine"; None = the protocol's default for (family, dataset)
+    augment: Optional[str] = None
+    #: augment evaluation images too, as the official code does (PROTOCOL §3.1, §9.11); None = as official
+    augment_eval: Optional[bool] = None
+    #: per-channel normalisation; None = the protocol's default for (family, dataset)
+    mean: Optional[tuple[float, ...]] = None
+    std: Optional[tuple[float, ...]] = None
+    #: images per evaluation chunk (per seed); only memory, not results, depends on it
+    eval_batch_size: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    #: training-set sizes; per seed, subsets are nested prefixes of one permutation
+    P: tuple[int, ...] = ()
+    #: number of seeds, seed values are seed_start, seed_start+1, ...
+    seeds: int = 1
+    seed_start: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    #: coupled L2 for adam/sgd (PyTorch weight_decay), decoupled for adamw
+    weight_decay: float = 0.0
+    #: number of log-spaced points of the logging schedule (PROTOCOL §4 uses 50)
+    log_points: int = 50
+    #: compute dtype: fp32 (default, as the paper), tf32, bf16 (fp32 master weights)
+    precision: str = "fp32"
+
+
+@dataclasses.dataclass(frozen=True)
+class NormsConfig:
+    #: "paper" (official definitions, quirks included) or "bartlett" (textbook, all layers)
+    convention: str = "paper"
+    #: power iterations per update of the carried singular vectors
+    power_iterations: int = 1
+    #: update the power-iteration vectors every this many train steps (0: only at logged epochs)
+    every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    #: how seeds are batched in one program: "vmap", "loop" (lax.map), or "auto"
+    ensemble: str = "auto"
+    #: seeds per device for seed-parallel sharding (0 = all seeds spread evenly)
+    seeds_per_device: int = 0
+    #: data-parallel degree (devices per seed); 1 = seed-parallel only
+    data: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    #: save every this many epochs (0 = off unless every_minutes)
+    every_epochs: int = 0
+    #: save at most every this many minutes of wall time (0 = off)
+    every_minutes: float = 10.0
+    keep: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str = "experiment"
+    description: str = ""
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    norms: NormsConfig = dataclasses.field(default_factory=NormsConfig)
+    parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+
+    def seed_values(self) -> tuple[int, ...]:
+        return tuple(self.train.seed_start + i for i in range(self.train.seeds))
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_config(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> Config:
+    """Read a TOML config, apply ``overrides`` ({"train.epochs": 3, ...}), validate, return it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {str(path)!r} not found: pass the path of a TOML file, e.g. configs/quickstart.toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: invalid TOML ({e}): fix the syntax") from None
+    return config_from_dict(raw, overrides, source=str(path))
+
+
+def config_from_dict(
+    raw: Mapping[str, Any], overrides: Optional[Mapping[str, Any]] = None, *, source: str = "config"
+) -> Config:
+    raw = _deep_copy(raw)
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    cfg = _build(Config, raw, prefix="", source=source)
+    validate(cfg, source=source)
+    return cfg
+
+
+def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a table: write it as [{prefix.rstrip('.')}]")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = prefix + unknown[0]
+        raise UsageError(
+            f"{source}: unknown key {key!r}: valid keys in [{prefix.rstrip('.') or 'top level'}] are "
+            + ", ".join(sorted(fields))
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, key=prefix + name, source=source)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=key + ".", source=source)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value, key=key, source=source)
+    if origin is tuple:
+        (elem, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # a single P or mean value is a one-element list
+        return tuple(_coerce(elem, v, key=f"{key}[{i}]", source=source) for i, v in enumerate(value))
+    if origin in (Mapping, dict) or tp is Mapping:
+        if not isinstance(value, Mapping):
+            raise UsageError(f"{source}: {key} must be a table of overrides, e.g. {key} = {{ channels = [16, 32] }}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UsageError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # programming error, not user error
+
+
+def _choice(source: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"{source}: {key} = {value!r} is not valid: choose one of {', '.join(choices)}")
+
+
+def validate(cfg: Config, *, source: str = "config") -> None:
+    """Checks that need no dataset or model (those happen when they are built)."""
+    m, d, t, n, p, c = cfg.model, cfg.data, cfg.train, cfg.norms, cfg.parallel, cfg.checkpoint
+    _choice(source, "model.family", m.family, FAMILIES)
+    _choice(source, "model.init", m.init, ("head", "old"))
+    _choice(source, "model.conv_impl", m.conv_impl, ("auto", "xla", "patches"))
+    if not (m.init_factor > 0 and math.isfinite(m.init_factor)):
+        raise UsageError(f"{source}: model.init_factor must be a positive number, got {m.init_factor}")
+    from jaxscale.data import DATASETS  # local import: keeps `jaxscale.config` light to import
+
+    _choice(source, "data.dataset", d.dataset, DATASETS)
+    if d.augment is not None:
+        _choice(source, "data.augment", d.augment, AUGMENTS)
+    if (d.mean is None) != (d.std is None):
+        raise UsageError(f"{source}: data.mean and data.std must be given together (or neither, for the protocol defaults)")
+    if d.std is not None and (len(d.std) != len(d.mean) or any(s <= 0 for s in d.std)):
+        raise UsageError(f"{source}: data.std must be positive and as long as data.mean")
+    if d.eval_batch_size <= 0:
+        raise UsageError(f"{source}: data.eval_batch_size must be a positive integer, got {d.eval_batch_size}")
+    if not t.P:
+        raise UsageError(f"{source}: train.P is missing: give the training-set sizes, e.g. P = [256, 512, 1024]")
+    if any(P <= 0 for P in t.P):
+        raise UsageError(f"{source}: train.P must contain positive integers, got {list(t.P)}")
+    if len(set(t.P)) != len(t.P):
+        raise UsageError(f"{source}: train.P has duplicates {list(t.P)}: list each size once")
+    for key, val in (("train.seeds", t.seeds), ("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
+                     ("train.log_points", t.log_points), ("norms.power_iterations", n.power_iterations),
+                     ("checkpoint.keep", c.keep), ("parallel.data", p.data)):
+        if val <= 0:
+            raise UsageError(f"{source}: {key} must be a positive integer, got {val}")
+    if t.seed_start < 0:
+        raise UsageError(f"{source}: train.seed_start must be >= 0, got {t.seed_start}")
+    if not (t.lr > 0 and math.isfinite(t.lr)):
+        raise UsageError(f"{source}: train.lr must be a positive number, got {t.lr}")
+    if t.weight_decay < 0:
+        raise UsageError(f"{source}: train.weight_decay must be >= 0, got {t.weight_decay}")
+    _choice(source, "train.optimizer", t.optimizer, OPTIMIZERS)
+    _choice(source, "train.precision", t.precision, PRECISIONS)
+    _choice(source, "norms.convention", n.convention, CONVENTIONS)
+    if n.every < 0:
+        raise UsageError(f"{source}: norms.every must be >= 0 (0 = only at logged epochs), got {n.every}")
+    _choice(source, "parallel.ensemble", p.ensemble, ENSEMBLE_STRATEGIES)
+    if p.seeds_per_device < 0:
+        raise UsageError(f"{source}: parallel.seeds_per_device must be >= 0, got {p.seeds_per_device}")
+    if c.every_epochs < 0 or c.every_minutes < 0:
+        raise UsageError(f"{source}: checkpoint.every_epochs and every_minutes must be >= 0")
+
+
+def check_against_dataset(cfg: Config, n_train: int, source: str = "config") -> None:
+    too_big = [P for P in cfg.train.P if P > n_train]
+    if too_big:
+        raise UsageError(
+            f"{source}: train.P = {too_big[0]} is larger than the {cfg.data.dataset} training set "
+            f"({n_train} images): use P <= {n_train}"
+        )
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "model.arch.channels=[8,16]"]`` -> dict, values parsed as TOML."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--set {pair!r}: write it as section.key=value, e.g. --set train.lr=3e-4")
+        key, text = pair.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = text  # a bare word is a string: --set model.preset=cifar10
+    return out
+
+
+def _deep_copy(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _deep_copy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deep_copy(v) for v in x]
+    return x
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialise a config back to TOML (for the run directory: the exact config that ran)."""
+    d = cfg.to_dict()
+    lines = [f"name = {_toml_value(d.pop('name'))}", f"description = {_toml_value(d.pop('description'))}"]
+    for section, body in d.items():
+        lines.append(f"\n[{section}]")
+        for k, v in body.items():
+            if v is None:
+                continue
+            if isinstance(v, Mapping):
+                if v:
+                    lines.append(f"[{section}.{k}]")
+                    lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+                continue
+            lines.append(f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(type(v))

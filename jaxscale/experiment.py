@@ -1,0 +1,111 @@
+"""The main job as a Python API: config in, run directory out.
+
+    from jaxscale.config import load_config
+    from jaxscale.experiment import run
+    result = run(load_config("configs/quickstart.toml"), "runs/quickstart")
+    result.curves.values["test_error"]   # [nP, nS, nT]
+
+The CLI (`jaxscale run`) is a thin shell over :func:`run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from jaxscale.config import Config, to_toml
+from jaxscale.io import save_text_atomic
+from jaxscale.results import Curves, environment_info, write_manifest
+from jaxscale.train.loop import Experiment, ProgressFn, RunStats, build_experiment, run_experiment
+
+
+@dataclasses.dataclass
+class RunResult:
+    out_dir: Path
+    curves: Curves
+    stats: RunStats
+    manifest: dict
+
+
+def run(cfg: Config, out_dir: str | Path, *, progress: Optional[ProgressFn] = None, dataset=None,
+        experiment: Optional[Experiment] = None) -> RunResult:
+    """Train the experiment of ``cfg`` and write ``out_dir/{curves.npz, manifest.json, config.toml}``.
+
+    ``experiment`` (from :func:`jaxscale.train.build_experiment`) skips the build step, e.g. when the
+    caller already built it to validate the config. Every file is written atomically; ``curves.npz``
+    appears only once the run is complete.
+    """
+    out_dir = Path(out_dir)
+    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    exp = experiment or build_experiment(cfg, dataset)
+    setup_s = time.perf_counter() - t0
+    curves, stats = run_experiment(exp, progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    curves.save(out_dir / "curves.npz")
+    manifest = {
+        "jaxscale_results_format": 1,
+        "name": cfg.name,
+        "started_utc": started,
+        "config": cfg.to_dict(),
+        "resolved": {
+            "model_family": exp.spec.family,
+            "model_hyper": dict(exp.spec.hyper),
+            "input_shape": list(exp.spec.input_shape),
+            "num_classes": exp.spec.num_classes,
+            "n_train": exp.dataset.n_train,
+            "n_test": int(exp.dataset.x_test.shape[0]),
+            "ensemble_strategy": exp.strategy,
+            "logged_epochs": exp.epochs_logged.tolist(),
+            "norms": list(exp.norm_names),
+        },
+        "environment": environment_info(),
+        "timing": {"setup_s": setup_s, "train_wall_s": stats.wall_s, "per_P": stats.per_P},
+        "nonfinite_seeds": stats.nonfinite,
+    }
+    write_manifest(out_dir / "manifest.json", manifest)
+    save_text_atomic(out_dir / "config.toml", to_toml(cfg))
+    return RunResult(out_dir=out_dir, curves=curves, stats=stats, manifest=manifest)
+
+
+def summary_rows(curves: Curves, norm: str = "spectral_complexity") -> list[dict]:
+    """Per P: final and best test error (seed mean ± std), the best epoch of the mean curve, and
+    λ* = the norm at each seed's own best logged epoch, averaged over seeds (PROTOCOL §6.4's l_0)."""
+    te = curves.values["test_error"]
+    key = f"log_{norm}" if f"log_{norm}" in curves.values else next(k for k in curves.values if k.startswith("log_"))
+    logn = curves.values[key]
+    rows = []
+    for i, P in enumerate(curves.P):
+        e = te[i]  # [nS, nT]
+        ok = np.isfinite(e).any(axis=1)
+        row = {"P": int(P), "norm": key[4:], "seeds_ok": int(ok.sum()), "seeds": int(len(ok))}
+        if ok.any():
+            e_ok, n_ok = e[ok], logn[i][ok]
+            mean_curve = np.nanmean(e_ok, axis=0)
+            final = e_ok[:, -1]
+            best_t = int(np.nanargmin(mean_curve))
+            per_seed_best = np.array([np.nanargmin(r) for r in e_ok])
+            lam = np.exp(n_ok[np.arange(len(n_ok)), per_seed_best])
+            row.update(final_mean=float(np.nanmean(final)), final_std=float(np.nanstd(final)),
+                       best_mean=float(mean_curve[best_t]), best_epoch=int(curves.epochs[best_t]),
+                       lambda_star=float(np.nanmean(lam)))
+        rows.append(row)
+    return rows
+
+
+def format_summary(rows: list[dict]) -> str:
+    lines = [f"{'P':>8} {'final test err':>18} {'best test err':>14} {'best epoch':>10} {'λ* (' + rows[0]['norm'] + ')':>28} {'seeds':>7}"]
+    for r in rows:
+        if "final_mean" not in r:
+            lines.append(f"{r['P']:>8} {'all seeds diverged':>18}")
+            continue
+        lines.append(
+            f"{r['P']:>8} {r['final_mean']:>10.4f} ± {r['final_std']:.4f} {r['best_mean']:>14.4f} "
+            f"{r['best_epoch']:>10d} {r['lambda_star']:>28.4g} {r['seeds_ok']:>3}/{r['seeds']:<3}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,19 @@
+"""CNN, ResNet and ViT of the paper as Flax linen modules, built by name (PROTOCOL.md §2).
+
+Usage::
+
+    spec = build_model("cnn", "cifar10", input_shape=(32, 32, 3), num_classes=10, init_factor=1.0)
+    variables = spec.init(jax.random.key(0))          # {"params": ...[, "batch_stats": ...]}
+    logits, new_state = spec.apply(variables, x, train=True, rng=dropout_key)
+
+``spec.layers`` lists, in network order, the weight matrices the norms module uses
+(``jaxscale.models.layers``); ``in_paper`` marks those the official norm code sees.
+Files: ``cnn.py``, ``resnet.py``, ``vit.py`` (module + presets + declared layers each), ``init.py``
+(PyTorch initialisers in Flax layouts), ``registry.py`` (presets, overrides, validation).
+"""
+
+from jaxscale.models.layers import WeightLayer
+from jaxscale.models.registry import FAMILIES, PRESETS, build_model, param_count, resolve_hyper
+from jaxscale.models.spec import ModelSpec
+
+__all__ = ["FAMILIES", "PRESETS", "ModelSpec", "WeightLayer", "build_model", "param_count", "resolve_hyper"]

@@ -1,0 +1,118 @@
+"""The paper's CNN: a conv stack + MLP classifier (PROTOCOL.md §2.1).
+
+conv3×3 (stride 1, pad 1, bias) + ReLU for each conv width, a 2×2/2 max-pool after conv k whenever
+k % pool_every == 0 (k counted from 1), flatten in PyTorch's channel-major NCHW order, then
+Linear + ReLU (+ Dropout p if p > 0) per hidden width, then Linear to the classes.
+
+Init (PyTorch defaults, §2.4): every weight and bias ~ U(±1/√fan_in); weights × init factor, biases not.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxscale.models import init as I
+from jaxscale.models.conv import Conv2D
+from jaxscale.models.common import conv_output_hw, require
+from jaxscale.models.layers import WeightLayer
+
+INITS = ("head",)  # the pre-init-factor script used the same PyTorch defaults (= factor 1)
+
+_SAME = ((1, 1), (1, 1))
+
+# Architecture hyper-parameters per preset; see PROTOCOL §2.1 for the paper's four.
+PRESETS: dict[str, dict[str, Any]] = {
+    "mnist": dict(convs=(32, 64, 128), pool_every=2, mlp=(512,), dropout=0.0),
+    "cifar10": dict(convs=(32, 64, 128), pool_every=2, mlp=(512,), dropout=0.0),
+    "cifar100": dict(convs=(64, 128, 256, 512), pool_every=2, mlp=(1024, 512), dropout=0.1),
+    "tinyimagenet": dict(convs=(32, 32, 64, 64, 128), pool_every=2, mlp=(2048, 1024, 512), dropout=0.2),
+    # offline 8×8×1 digits: one pool → 4×4×32 = 512 features → 128 → classes
+    "digits": dict(convs=(16, 32), pool_every=2, mlp=(128,), dropout=0.0),
+    # for tests: works on any H, W ≥ 2
+    "tiny": dict(convs=(4, 8), pool_every=2, mlp=(16,), dropout=0.0),
+}
+
+
+class CNN(nn.Module):
+    """Conv stack + MLP. Input ``[B, H, W, C]`` float (NHWC, normalised) → logits ``[B, num_classes]`` float32.
+
+    Parameter names: ``conv{i}`` (i from 0), ``fc{j}`` for the hidden Linears, ``head`` for the last one.
+    """
+
+    convs: tuple[int, ...]
+    pool_every: int
+    mlp: tuple[int, ...]
+    dropout: float
+    num_classes: int
+    init_factor: float = 1.0
+    dtype: Any = jnp.float32
+    conv_impl: str = "xla"  # see jaxscale.models.conv
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = x.astype(self.dtype)
+        for i, width in enumerate(self.convs):
+            x = self._conv(width, 9 * x.shape[-1], f"conv{i}")(x)
+            x = nn.relu(x)
+            if (i + 1) % self.pool_every == 0:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        # PyTorch flattens NCHW: feature index = c·H·W + h·W + w. Transposing first keeps the first
+        # Linear's weight columns in PyTorch's order, so norms and weights mean the same thing.
+        x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
+        for j, width in enumerate(self.mlp):
+            x = nn.relu(self._dense(width, x.shape[-1], f"fc{j}")(x))
+            if self.dropout > 0:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = self._dense(self.num_classes, x.shape[-1], "head")(x)
+        return x.astype(jnp.float32)
+
+    def _conv(self, width: int, layer_fan_in: int, name: str) -> Conv2D:
+        return Conv2D(
+            width, (3, 3), strides=(1, 1), padding=_SAME, use_bias=True,
+            kernel_init=I.scaled(I.torch_default_kernel(), self.init_factor),
+            bias_init=I.torch_default_bias(layer_fan_in),
+            dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl, name=name,
+        )
+
+    def _dense(self, width: int, layer_fan_in: int, name: str) -> nn.Dense:
+        return nn.Dense(
+            width,
+            kernel_init=I.scaled(I.torch_default_kernel(), self.init_factor),
+            bias_init=I.torch_default_bias(layer_fan_in),
+            dtype=self.dtype, param_dtype=jnp.float32, name=name,
+        )
+
+    def weight_layers(self, input_shape: tuple[int, int, int]) -> tuple[WeightLayer, ...]:
+        """Every conv and Linear in network order; all are in the paper's norms (PROTOCOL §5.1)."""
+        hw = tuple(input_shape[:2])
+        layers = []
+        for i in range(len(self.convs)):
+            layers.append(WeightLayer(
+                name=f"conv{i}", kind="conv", path=(f"conv{i}", "kernel"),
+                stride=(1, 1), padding=_SAME, input_hw=hw,
+            ))
+            if (i + 1) % self.pool_every == 0:
+                hw = conv_output_hw(hw, 2, 2, ((0, 0), (0, 0)))
+        for j in range(len(self.mlp)):
+            layers.append(WeightLayer(name=f"fc{j}", kind="dense", path=(f"fc{j}", "kernel")))
+        layers.append(WeightLayer(name="head", kind="dense", path=("head", "kernel")))
+        return tuple(layers)
+
+
+def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
+    """Raise UsageError if the hyper-parameters cannot build a CNN on ``input_shape``."""
+    require(0.0 <= hyper["dropout"] < 1.0, f"cnn dropout={hyper['dropout']} is not in [0, 1); set it to e.g. 0.0")
+    n_pools = len(hyper["convs"]) // hyper["pool_every"]
+    h, w = input_shape[:2]
+    require(
+        min(h, w) >= 2**n_pools,
+        f"cnn: {n_pools} max-pools shrink a {h}x{w} input to nothing; use fewer convs or a larger pool_every",
+    )
+
+
+def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any, conv_impl: str = "xla") -> CNN:
+    """The CNN module for resolved ``hyper`` (``init`` is always ``"head"``: PyTorch defaults)."""
+    return CNN(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **hyper)

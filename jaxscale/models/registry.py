@@ -1,0 +1,151 @@
+"""Build any model family by name: ``build_model(family, preset, input_shape=..., num_classes=...)``.
+
+A preset is a dict of architecture hyper-parameters (PROTOCOL.md §2 tables, plus ``digits`` for the
+offline 8×8×1 dataset and ``tiny`` for tests); keyword overrides replace single fields. The input shape
+and class count come from the dataset, so e.g. the ``cifar10`` CNN preset on a 32×32×3 input has the
+protocol's 16 876 106 parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscale.models import cnn, resnet, vit
+from jaxscale.models.common import require
+from jaxscale.models.conv import CONV_IMPLS, resolve_conv_impl
+from jaxscale.models.spec import ModelSpec
+
+_FAMILY_MODULES = {"cnn": cnn, "resnet": resnet, "vit": vit}
+FAMILIES: tuple[str, ...] = tuple(_FAMILY_MODULES)
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {f: m.PRESETS for f, m in _FAMILY_MODULES.items()}
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _coerce(family: str, key: str, value: Any, reference: Any) -> Any:
+    """Check an override against the type of the preset's value (int tuple, positive int or float).
+
+    TOML/JSON lists become tuples (Flax module fields must be hashable).
+    """
+    where = f"{family} override {key}={value!r}"
+    if isinstance(reference, tuple):
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value
+        )
+        require(ok, f"{where} is not a list of positive integers; write e.g. {key}={list(reference)}")
+        return tuple(int(v) for v in value)
+    if isinstance(reference, int):
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+        require(ok, f"{where} is not a positive integer; write e.g. {key}={reference}")
+        return int(value)
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and math.isfinite(value)
+    require(ok, f"{where} is not a finite number; write e.g. {key}={reference}")
+    return float(value)
+
+
+def resolve_hyper(family: str, preset: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The preset's hyper-parameters with ``overrides`` applied and type-checked (UsageError if invalid)."""
+    require(family in PRESETS, f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
+    presets = PRESETS[family]
+    require(preset in presets, f"unknown {family} preset {preset!r}; choose one of {', '.join(presets)}")
+    hyper = dict(presets[preset])
+    for key, value in overrides.items():
+        require(key in hyper, f"unknown {family} option {key!r}; valid options: {', '.join(hyper)}")
+        hyper[key] = _coerce(family, key, value, presets[preset][key])
+    return hyper
+
+
+def build_model(
+    family: str,
+    preset: str = "tiny",
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    init_factor: float = 1.0,
+    init: str = "head",
+    dtype: Any = jnp.float32,
+    conv_impl: str = "auto",
+    **overrides: Any,
+) -> ModelSpec:
+    """Build a model family with a preset architecture, the protocol's init and init factor.
+
+    Args:
+      family: ``"cnn" | "resnet" | "vit"``.
+      preset: ``"mnist" | "cifar10" | "cifar100" | "tinyimagenet" | "digits" | "tiny"``.
+      input_shape: ``(H, W, C)`` of one (normalised, NHWC) image, from the dataset.
+      num_classes: number of classes, from the dataset.
+      init_factor: multiplies the protocol's selected weights after init (PROTOCOL §2.4).
+      init: ``"head"`` (every family) or ``"old"`` (ViT only: the ViT-MNIST runs' init).
+      dtype: compute dtype of activations/matmuls (``float32``, ``bfloat16``, ``float16``); params
+        are always float32 and logits are returned as float32.
+      conv_impl: ``"xla"``, ``"patches"`` or ``"auto"`` (patches on CPU, xla elsewhere): how
+        convolutions are computed (same function and parameters; see :mod:`jaxscale.models.conv`).
+      **overrides: replace single preset fields, e.g. ``convs=(8, 16)``, ``dropout=0.0``.
+
+    Raises:
+      UsageError: unknown family/preset/init/override, or hyper-parameters that do not fit the input.
+    """
+    hyper = resolve_hyper(family, preset, overrides)
+    fam = _FAMILY_MODULES[family]
+    require(
+        isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
+        and all(isinstance(v, (int, np.integer)) and v >= 1 for v in input_shape),
+        f"input_shape={input_shape!r} is not (H, W, C) with positive integers; pass the dataset's image shape",
+    )
+    input_shape = tuple(int(v) for v in input_shape)
+    require(
+        isinstance(num_classes, (int, np.integer)) and num_classes >= 2,
+        f"num_classes={num_classes!r} is not an integer >= 2; pass the dataset's class count",
+    )
+    require(
+        init in fam.INITS,
+        f"unknown {family} init {init!r}; choose one of {', '.join(fam.INITS)}",
+    )
+    require(
+        isinstance(init_factor, (int, float, np.number)) and not isinstance(init_factor, bool)
+        and math.isfinite(init_factor) and init_factor > 0,
+        f"init_factor={init_factor!r} is not a positive number; use e.g. 1.0 (PyTorch scale) or 0.05",
+    )
+    try:
+        dtype_name = jnp.dtype(dtype).name
+    except TypeError:
+        dtype_name = str(dtype)
+    require(dtype_name in _DTYPES, f"unsupported compute dtype {dtype_name!r}; choose one of {', '.join(_DTYPES)}")
+    fam.validate(hyper, input_shape)
+
+    require(conv_impl in CONV_IMPLS, f"unknown conv_impl {conv_impl!r}; choose one of {', '.join(CONV_IMPLS)}")
+    conv_impl = resolve_conv_impl(conv_impl)
+    module = fam.build(hyper, int(num_classes), float(init_factor), init, jnp.dtype(dtype_name), conv_impl)
+
+    @jax.jit  # one compiled program instead of hundreds of eagerly dispatched ops (seconds on CPU)
+    def init_fn(key: jax.Array) -> dict:
+        # train=False: BatchNorm creates its running statistics, dropout needs no rng.
+        dummy = jnp.zeros((1, *input_shape), jnp.float32)
+        return dict(module.init({"params": key}, dummy, train=False))
+
+    return ModelSpec(
+        family=family,
+        module=module,
+        input_shape=input_shape,
+        num_classes=int(num_classes),
+        layers=module.weight_layers(input_shape),
+        has_batch_stats=family == "resnet",
+        has_dropout=hyper.get("dropout", 0.0) > 0,  # only the CNN has dropout layers (ViT/ResNet p = 0)
+        init_fn=init_fn,
+        hyper=dict(
+            family=family, preset=preset, **hyper, init=init, init_factor=float(init_factor),
+            dtype=dtype_name, input_shape=input_shape, num_classes=int(num_classes), conv_impl=conv_impl,
+        ),
+    )
+
+
+def param_count(params: Any) -> int:
+    """Number of scalars in a pytree (arrays or ``jax.ShapeDtypeStruct``s, e.g. from ``jax.eval_shape``).
+
+    Pass ``variables["params"]`` to get the PyTorch ``parameters()`` count (BN running stats excluded).
+    """
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))

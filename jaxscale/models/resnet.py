@@ -1,0 +1,166 @@
+"""The paper's ResNet (BasicBlock, no stem max-pool) — PROTOCOL.md §2.2.
+
+stem conv3×3 s1 p1 (no bias) + BN + ReLU; stages of widths ``widths`` with strides (1, 2, 2, …) and
+``blocks[i]`` BasicBlocks each; global average pool; Linear (with bias) to the classes.
+
+BatchNorm follows PyTorch's defaults: momentum 0.1 (Flax ``momentum=0.9``), eps 1e-5, γ = 1, β = 0, batch
+statistics in train mode and running statistics in eval mode. One known difference: PyTorch updates the
+running variance with the *unbiased* batch variance (× n/(n−1), n = B·H·W per channel), Flax with the
+biased one; for the paper's batch 128 on ≥ 4×4 maps n ≥ 2048, a ≤ 0.05 % difference in eval mode only.
+
+Init (§2.4): every conv ~ N(0, 2/(C_out·k·k)) × init factor; fc weight ~ N(0, 0.01²) × factor, bias 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxscale.models import init as I
+from jaxscale.models.conv import Conv2D
+from jaxscale.models.common import conv_output_hw, require
+from jaxscale.models.layers import WeightLayer
+
+INITS = ("head",)  # the pre-init-factor scripts used the same init (= factor 1)
+
+_PAD3 = ((1, 1), (1, 1))  # symmetric, as PyTorch: Flax 'SAME' would pad (0, 1) on stride-2 even inputs
+_PAD1 = ((0, 0), (0, 0))
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "mnist": dict(widths=(16, 32, 64, 128), blocks=(2, 2, 2, 2)),
+    "cifar10": dict(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)),  # ResNet-18 layout
+    "cifar100": dict(widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3)),  # ResNet-34 layout
+    "tinyimagenet": dict(widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3)),
+    "digits": dict(widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1)),
+    "tiny": dict(widths=(4, 4, 8, 8), blocks=(1, 1, 1, 1)),
+}
+
+
+def _stage_stride(stage: int) -> int:
+    return 1 if stage == 0 else 2
+
+
+def _conv(width: int, kernel: int, stride: int, init_factor: float, dtype: Any, name: str,
+          impl: str = "xla") -> Conv2D:
+    """Bias-free conv3×3 (pad 1) or conv1×1 (pad 0), kaiming-normal fan-out × init factor."""
+    return Conv2D(
+        width, (kernel, kernel), strides=(stride, stride),
+        padding=_PAD3 if kernel == 3 else _PAD1, use_bias=False,
+        kernel_init=I.scaled(I.kaiming_normal_fan_out(), init_factor),
+        dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name,
+    )
+
+
+def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+    """PyTorch-default BatchNorm2d (γ = 1, β = 0 are Flax's defaults too)."""
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5,
+        # two-pass variance, as PyTorch computes it (the fast E[x²]−E[x]² form loses precision)
+        use_fast_variance=False,
+        dtype=dtype, param_dtype=jnp.float32, name=name,
+    )
+
+
+class BasicBlock(nn.Module):
+    """conv3×3(s) BN ReLU, conv3×3 BN, + shortcut (1×1 conv(s) + BN when s ≠ 1 or C_in ≠ width), ReLU.
+
+    ``[B, H, W, C_in]`` → ``[B, ⌊(H−1)/s⌋+1, ⌊(W−1)/s⌋+1, width]``.
+    """
+
+    width: int
+    stride: int
+    init_factor: float
+    dtype: Any
+    conv_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        f, dt, ci = self.init_factor, self.dtype, self.conv_impl
+        y = _conv(self.width, 3, self.stride, f, dt, "conv1", ci)(x)
+        y = nn.relu(_bn(train, dt, "bn1")(y))
+        y = _conv(self.width, 3, 1, f, dt, "conv2", ci)(y)
+        y = _bn(train, dt, "bn2")(y)
+        if self.stride != 1 or x.shape[-1] != self.width:
+            x = _conv(self.width, 1, self.stride, f, dt, "shortcut_conv", ci)(x)
+            x = _bn(train, dt, "shortcut_bn")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    """Input ``[B, H, W, C]`` float (NHWC, normalised) → logits ``[B, num_classes]`` float32.
+
+    Parameter names: ``stem_conv``, ``stem_bn``, ``stage{s}_block{b}/{conv1,bn1,conv2,bn2,shortcut_conv,
+    shortcut_bn}`` (s, b from 0), ``fc``.
+    """
+
+    widths: tuple[int, ...]
+    blocks: tuple[int, ...]
+    num_classes: int
+    init_factor: float = 1.0
+    dtype: Any = jnp.float32
+    conv_impl: str = "xla"  # see jaxscale.models.conv
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = x.astype(self.dtype)
+        x = _conv(self.widths[0], 3, 1, self.init_factor, self.dtype, "stem_conv", self.conv_impl)(x)
+        x = nn.relu(_bn(train, self.dtype, "stem_bn")(x))
+        for s, (width, n) in enumerate(zip(self.widths, self.blocks)):
+            for b in range(n):
+                x = BasicBlock(
+                    init_factor=self.init_factor, dtype=self.dtype, width=width, conv_impl=self.conv_impl,
+                    stride=_stage_stride(s) if b == 0 else 1, name=f"stage{s}_block{b}",
+                )(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(
+            self.num_classes,
+            kernel_init=I.scaled(I.normal(0.01), self.init_factor), bias_init=I.zeros,
+            dtype=self.dtype, param_dtype=jnp.float32, name="fc",
+        )(x)
+        return x.astype(jnp.float32)
+
+    def weight_layers(self, input_shape: tuple[int, int, int]) -> tuple[WeightLayer, ...]:
+        """Every conv and the fc, in network order; within a block: conv1, conv2, then shortcut_conv.
+
+        Only the stem conv and the fc are ``in_paper`` (PROTOCOL §5.2: the official norm code never
+        reaches the convs inside the BasicBlocks).
+        """
+        conv = functools.partial(WeightLayer, kind="conv", in_paper=False)
+        hw = tuple(input_shape[:2])
+        layers = [conv(name="stem_conv", path=("stem_conv", "kernel"), padding=_PAD3,
+                       input_hw=hw, in_paper=True)]
+        c_in = self.widths[0]
+        for s, (width, n) in enumerate(zip(self.widths, self.blocks)):
+            for b in range(n):
+                blk = f"stage{s}_block{b}"
+                st = _stage_stride(s) if b == 0 else 1
+                out_hw = conv_output_hw(hw, 3, st, _PAD3)
+                layers.append(conv(name=f"{blk}/conv1", path=(blk, "conv1", "kernel"),
+                                   stride=(st, st), padding=_PAD3, input_hw=hw))
+                layers.append(conv(name=f"{blk}/conv2", path=(blk, "conv2", "kernel"),
+                                   padding=_PAD3, input_hw=out_hw))
+                if st != 1 or c_in != width:
+                    layers.append(conv(name=f"{blk}/shortcut_conv", path=(blk, "shortcut_conv", "kernel"),
+                                       stride=(st, st), padding=_PAD1, input_hw=hw))
+                hw, c_in = out_hw, width
+        layers.append(WeightLayer(name="fc", kind="dense", path=("fc", "kernel")))
+        return tuple(layers)
+
+
+def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
+    """Raise UsageError if the hyper-parameters cannot build a ResNet."""
+    require(len(hyper["widths"]) >= 1, "resnet widths is empty; give one width per stage, e.g. [16, 32, 64, 128]")
+    require(
+        len(hyper["widths"]) == len(hyper["blocks"]),
+        f"resnet widths {list(hyper['widths'])} and blocks {list(hyper['blocks'])} differ in length; "
+        "give one block count per stage",
+    )
+
+
+def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any,
+          conv_impl: str = "xla") -> ResNet:
+    """The ResNet module for resolved ``hyper`` (``init`` is always ``"head"``)."""
+    return ResNet(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **hyper)

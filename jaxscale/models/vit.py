@@ -1,0 +1,178 @@
+"""The paper's pre-LayerNorm Vision Transformer with a class token — PROTOCOL.md §2.3.
+
+patch conv (kernel = stride = patch, bias) → row-major tokens → prepend cls → + positional embedding
+(1 + N_patches, D) → ``depth`` × [x += MHSA(LN₁ x); x += MLP(LN₂ x)] → LN → Linear on the cls token.
+LayerNorm eps 1e-5, exact (erf) GELU, MLP D → mlp_dim → D, all dropouts 0 (so no dropout layers).
+
+MHSA is PyTorch's ``nn.MultiheadAttention`` written out: one stacked in-projection Dense
+``(D, 3D)`` + bias whose output axis holds Q | K | V in that order, heads = contiguous chunks of D,
+scores scaled by 1/√(D/heads), softmax, out-projection ``(D, D)`` + bias.
+
+Inits (§2.4), biases always 0, LayerNorm (1, 0), cls/pos ~ trunc-normal std 0.02 (never scaled):
+* ``"head"``: patch conv ~ N(0, 2/(D·p²)) × factor; every Linear (fc1, fc2, out-proj, head)
+  xavier-uniform × factor; in-projection xavier-uniform over the (3D × D) matrix, U(±√(6/(4D))),
+  **not** scaled (the official code never re-initialises that bare parameter).
+* ``"old"`` (the ViT-MNIST runs): patch conv and every Linear ~ trunc-normal std 0.02; in-projection as
+  above. The official old script had no init factor; here a factor ≠ 1 scales the same weights as in
+  ``"head"`` (factor 1 reproduces the paper).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxscale.models import init as I
+from jaxscale.models.conv import Conv2D
+from jaxscale.models.common import require
+from jaxscale.models.layers import WeightLayer
+
+INITS = ("head", "old")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "mnist": dict(patch=7, dim=128, depth=4, heads=4, mlp_dim=512),
+    "cifar10": dict(patch=4, dim=192, depth=6, heads=3, mlp_dim=768),
+    "cifar100": dict(patch=4, dim=256, depth=6, heads=4, mlp_dim=1024),
+    "tinyimagenet": dict(patch=4, dim=384, depth=6, heads=6, mlp_dim=1536),
+    "digits": dict(patch=2, dim=32, depth=2, heads=2, mlp_dim=64),  # 8×8 → 16 tokens (+cls)
+    "tiny": dict(patch=1, dim=8, depth=1, heads=2, mlp_dim=16),  # patch 1: any H, W
+}
+
+
+def _weight_inits(init: str, factor: float) -> tuple[I.Initializer, I.Initializer]:
+    """``(patch_conv_init, linear_init)`` for the chosen init scheme, init factor applied."""
+    if init == "old":
+        return I.scaled(I.trunc_normal(0.02), factor), I.scaled(I.trunc_normal(0.02), factor)
+    return I.scaled(I.kaiming_normal_fan_out(), factor), I.scaled(I.xavier_uniform(), factor)
+
+
+def _linear(features: int, kernel_init: I.Initializer, dtype: Any, name: str) -> nn.Dense:
+    """An ``nn.Linear`` of the official model: given weight init, zero bias."""
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=I.zeros,
+                    dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """PyTorch ``nn.MultiheadAttention`` self-attention (no masks, no dropout). ``[B, N, D]`` → ``[B, N, D]``."""
+
+    heads: int
+    linear_init: I.Initializer
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        b, n, d = x.shape
+        hd = d // self.heads
+        qkv = _linear(3 * d, I.xavier_uniform(), self.dtype, "in_proj")(x)  # unscaled: see module doc
+        # split Q | K | V along features, then each into contiguous per-head chunks of size D/heads
+        q, k, v = (t.reshape(b, n, self.heads, hd) for t in jnp.split(qkv, 3, axis=-1))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+        # softmax in float32 so a bfloat16 compute dtype does not wreck the normalisation
+        attn = nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
+        return _linear(d, self.linear_init, self.dtype, "out_proj")(out)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-LN block: x + MHSA(LN₁ x), then + MLP(LN₂ x). ``[B, N, D]`` → ``[B, N, D]``."""
+
+    heads: int
+    mlp_dim: int
+    linear_init: I.Initializer
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x):
+        x = x + MultiHeadSelfAttention(self.heads, self.linear_init, self.dtype, name="attn")(
+            _layer_norm(self.dtype, "ln1")(x)
+        )
+        h = _linear(self.mlp_dim, self.linear_init, self.dtype, "fc1")(_layer_norm(self.dtype, "ln2")(x))
+        h = _linear(x.shape[-1], self.linear_init, self.dtype, "fc2")(nn.gelu(h, approximate=False))
+        return x + h
+
+
+class ViT(nn.Module):
+    """Input ``[B, H, W, C]`` float (NHWC, normalised) → logits ``[B, num_classes]`` float32.
+
+    Parameter names: ``patch_embed``, ``cls_token`` ``(1, 1, D)``, ``pos_embed`` ``(1, 1+N, D)``,
+    ``block{i}/{ln1, attn/{in_proj, out_proj}, ln2, fc1, fc2}``, ``ln_f``, ``head``.
+    """
+
+    patch: int
+    dim: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    num_classes: int
+    init_factor: float = 1.0
+    init_scheme: str = "head"  # ("init" would shadow Module.init)
+    dtype: Any = jnp.float32
+    conv_impl: str = "xla"  # see jaxscale.models.conv
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        del train  # no dropout, no BatchNorm: train and eval are the same function
+        patch_init, linear_init = _weight_inits(self.init_scheme, self.init_factor)
+        b = x.shape[0]
+        x = Conv2D(
+            self.dim, (self.patch, self.patch), strides=(self.patch, self.patch), padding=((0, 0), (0, 0)),
+            kernel_init=patch_init, bias_init=I.zeros,
+            dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl, name="patch_embed",
+        )(x.astype(self.dtype))
+        x = x.reshape(b, -1, self.dim)  # row-major patches: token = h'·W' + w', as PyTorch flatten(2)
+        cls = self.param("cls_token", I.trunc_normal(0.02), (1, 1, self.dim), jnp.float32)
+        pos = self.param("pos_embed", I.trunc_normal(0.02), (1, 1 + x.shape[1], self.dim), jnp.float32)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, self.dim)), x], axis=1)
+        x = x + pos.astype(self.dtype)
+        for i in range(self.depth):
+            x = EncoderBlock(self.heads, self.mlp_dim, linear_init, self.dtype, name=f"block{i}")(x)
+        x = _layer_norm(self.dtype, "ln_f")(x)[:, 0]
+        x = _linear(self.num_classes, linear_init, self.dtype, "head")(x)
+        return x.astype(jnp.float32)
+
+    def weight_layers(self, input_shape: tuple[int, int, int]) -> tuple[WeightLayer, ...]:
+        """Patch conv; per block Q, K, V (slices of the in-projection), O, fc1, fc2; head. All ``in_paper``."""
+        d = self.dim
+        layers = [WeightLayer(
+            name="patch_embed", kind="conv", path=("patch_embed", "kernel"),
+            stride=(self.patch, self.patch), input_hw=tuple(input_shape[:2]),
+        )]
+        for i in range(self.depth):
+            blk = f"block{i}"
+            in_proj = (blk, "attn", "in_proj", "kernel")
+            for j, qkv in enumerate("qkv"):
+                layers.append(WeightLayer(name=f"{blk}/attn/{qkv}", kind="dense", path=in_proj,
+                                          out_slice=(j * d, (j + 1) * d)))
+            layers.append(WeightLayer(name=f"{blk}/attn/o", kind="dense", path=(blk, "attn", "out_proj", "kernel")))
+            layers.append(WeightLayer(name=f"{blk}/fc1", kind="dense", path=(blk, "fc1", "kernel")))
+            layers.append(WeightLayer(name=f"{blk}/fc2", kind="dense", path=(blk, "fc2", "kernel")))
+        layers.append(WeightLayer(name="head", kind="dense", path=("head", "kernel")))
+        return tuple(layers)
+
+
+def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
+    """Raise UsageError if the hyper-parameters cannot build a ViT on ``input_shape``."""
+    h, w = input_shape[:2]
+    p = hyper["patch"]
+    require(
+        h % p == 0 and w % p == 0,
+        f"vit patch={p} does not divide the {h}x{w} input; choose a patch size that divides both",
+    )
+    require(
+        hyper["dim"] % hyper["heads"] == 0,
+        f"vit dim={hyper['dim']} is not divisible by heads={hyper['heads']}; choose heads dividing dim",
+    )
+
+
+def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any,
+          conv_impl: str = "xla") -> ViT:
+    """The ViT module for resolved ``hyper`` and ``init`` (``"head"`` or ``"old"``)."""
+    return ViT(num_classes=num_classes, init_factor=init_factor, init_scheme=init, dtype=dtype,
+               conv_impl=conv_impl, **hyper)
