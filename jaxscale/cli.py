@@ -48,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress display")
+    r.add_argument("--restart", action="store_true",
+                   help="start over: delete the checkpoints and results in --out instead of resuming from them")
+    h = r.add_argument_group("multi-host (jax.distributed; all three flags, or --distributed to auto-detect)")
+    h.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
+    h.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
+    h.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0 .. N-1")
+    h.add_argument("--distributed", action="store_true",
+                   help="join a cluster auto-detected by JAX (SLURM, Cloud TPU pod, Open MPI, Kubernetes)")
 
     a = sub.add_parser("analyze", help="fit the two scaling laws on a run directory or reference .npz")
     from jaxscale.analysis import cli as analysis_cli
@@ -72,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
+    from jaxscale.train import distributed
+
+    # before anything touches a device: joining a cluster must come first
+    distributed.initialize(distributed.cluster_spec(args.coordinator, args.num_processes, args.process_id,
+                                                    auto=args.distributed))
     from jaxscale.config import load_config, parse_overrides
 
     overrides = parse_overrides(args.set)
@@ -89,13 +102,36 @@ def _cmd_run(args) -> int:
     from jaxscale.experiment import format_summary, run, summary_rows
     from jaxscale.progress import ProgressPrinter, fmt_duration
     from jaxscale.train import build_experiment
+    from jaxscale.train.preemption import Interrupted
+    from jaxscale.train.sharding import plan_layout
 
+    primary = distributed.is_primary()
+    say = (lambda text: print(text, file=sys.stderr)) if primary else (lambda text: None)  # noqa: E731
     exp = build_experiment(cfg)  # loads the data and builds the model: every config error shows here
+    layout = plan_layout(cfg.parallel, cfg.train.seeds)
     S, T = cfg.train.seeds, cfg.train.epochs
-    print(f"jaxscale run: {cfg.name} — {cfg.model.family}/{cfg.model.preset} on {cfg.data.dataset}, "
-          f"P={list(cfg.train.P)}, {S} seeds, {T} epochs, {exp.strategy} ensemble on "
-          f"{exp.spec.hyper.get('conv_impl', 'xla')} convs", file=sys.stderr)
-    result = run(cfg, out, progress=None if args.quiet else ProgressPrinter(), experiment=exp)
+    say(f"jaxscale run: {cfg.name} — {cfg.model.family}/{cfg.model.preset} on {cfg.data.dataset}, "
+        f"P={list(cfg.train.P)}, {S} seeds, {T} epochs, {exp.strategy} ensemble on "
+        f"{exp.spec.hyper.get('conv_impl', 'xla')} convs; {layout.describe()}")
+    printer = ProgressPrinter() if primary and not args.quiet else None
+
+    def progress(ev: dict) -> None:
+        if not primary:
+            return
+        if ev["event"] == "resume":
+            say(f"jaxscale: resuming from checkpoint {ev['step']}: P={ev['P']} ({ev['P_index'] + 1}/{ev['n_P']}) "
+                f"after epoch {ev['epoch']}/{ev['epochs']}")
+        elif printer is not None and ev["event"] in ("epoch", "log", "P_done"):
+            printer(ev)
+
+    try:
+        result = run(cfg, out, progress=progress, experiment=exp, layout=layout, restart=args.restart,
+                     warn=lambda m: print(f"jaxscale: warning: {m}", file=sys.stderr))
+    except Interrupted as e:
+        say(f"\njaxscale: {e}. Resume with: {_resume_command(args, out)}")
+        return e.exit_code
+    if not primary:
+        return 0
     print(f"\nTest error per P ({S} seeds, {T} epochs, {result.manifest['resolved']['ensemble_strategy']} "
           f"ensemble on {result.manifest['environment']['backend']}, {fmt_duration(result.stats.wall_s)}):")
     print(format_summary(summary_rows(result.curves)))
@@ -108,6 +144,25 @@ def _cmd_run(args) -> int:
         print("jaxscale: error: every seed diverged: lower train.lr", file=sys.stderr)
         return 1
     return 0
+
+
+def _resume_command(args, out: Path) -> str:
+    """The command line that continues this run (same config and overrides, same --out)."""
+    import shlex
+
+    parts = ["jaxscale", "run", args.config, "--out", str(out)]
+    for flag, val in (("--seeds", args.seeds), ("--P", args.P), ("--epochs", args.epochs),
+                      ("--data-dir", args.data_dir), ("--coordinator", args.coordinator),
+                      ("--num-processes", args.num_processes), ("--process-id", args.process_id)):
+        if val is not None:
+            parts += [flag, str(val)]
+    for pair in args.set:
+        parts += ["--set", pair]
+    if args.distributed:
+        parts.append("--distributed")
+    if args.quiet:
+        parts.append("--quiet")
+    return shlex.join(parts)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

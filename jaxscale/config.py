@@ -9,7 +9,7 @@ is optional except ``train.P``. Unknown keys, wrong types and impossible values 
     [data]         dataset, data_dir, augment, augment_eval, mean, std, eval_batch_size
     [train]        P, seeds, seed_start, epochs, batch_size, optimizer, lr, weight_decay, log_points
     [norms]        convention, power_iterations, every
-    [parallel]     ensemble (how seeds are batched), seeds_per_device, data
+    [parallel]     ensemble (how seeds are batched), seeds_per_device, data, api
     [checkpoint]   every_epochs, every_minutes, keep
 """
 
@@ -29,6 +29,7 @@ FAMILIES = ("cnn", "resnet", "vit")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 CONVENTIONS = ("paper", "bartlett")
 ENSEMBLE_STRATEGIES = ("auto", "vmap", "loop")
+PARALLEL_APIS = ("jit", "pmap")
 PRECISIONS = ("fp32", "tf32", "bf16")
 AUGMENTS = ("none", "crop_flip", "affine")
 
@@ -97,18 +98,26 @@ class NormsConfig:
 class ParallelConfig:
     #: how seeds are batched in one program: "vmap", "loop" (lax.map), or "auto"
     ensemble: str = "auto"
-    #: seeds per device for seed-parallel sharding (0 = all seeds spread evenly)
+    #: seeds per seed group (device, or group of `data` devices): 0 = spread the seeds evenly over
+    #: every device; N > 0 = use ceil(seeds / N) groups of N seeds (the last one padded)
     seeds_per_device: int = 0
-    #: data-parallel degree (devices per seed); 1 = seed-parallel only
-    data: int = 1
+    #: data-parallel degree (devices per seed): 1 = seed-parallel only; 0 = auto (1 when there are
+    #: at least as many seeds as devices, else the largest divisor of the device count that still
+    #: gives every seed its own group)
+    data: int = 0
+    #: "jit" (jax.jit + shard_map over a ("seeds", "data") mesh; multi-host capable) or "pmap"
+    #: (jax.pmap over seed groups or data shards, not both; one process only)
+    api: str = "jit"
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     #: save every this many epochs (0 = off unless every_minutes)
     every_epochs: int = 0
-    #: save at most every this many minutes of wall time (0 = off)
+    #: save when this many minutes of wall time passed since the last save (0 = off); checked at
+    #: epoch ends. A SIGTERM/SIGINT always saves, whatever these two say.
     every_minutes: float = 10.0
+    #: number of most recent checkpoints kept on disk (older ones are deleted)
     keep: int = 3
 
 
@@ -248,7 +257,7 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise UsageError(f"{source}: train.P has duplicates {list(t.P)}: list each size once")
     for key, val in (("train.seeds", t.seeds), ("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
                      ("train.log_points", t.log_points), ("norms.power_iterations", n.power_iterations),
-                     ("checkpoint.keep", c.keep), ("parallel.data", p.data)):
+                     ("checkpoint.keep", c.keep)):
         if val <= 0:
             raise UsageError(f"{source}: {key} must be a positive integer, got {val}")
     if t.seed_start < 0:
@@ -263,10 +272,13 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     if n.every < 0:
         raise UsageError(f"{source}: norms.every must be >= 0 (0 = only at logged epochs), got {n.every}")
     _choice(source, "parallel.ensemble", p.ensemble, ENSEMBLE_STRATEGIES)
+    _choice(source, "parallel.api", p.api, PARALLEL_APIS)
     if p.seeds_per_device < 0:
-        raise UsageError(f"{source}: parallel.seeds_per_device must be >= 0, got {p.seeds_per_device}")
-    if c.every_epochs < 0 or c.every_minutes < 0:
-        raise UsageError(f"{source}: checkpoint.every_epochs and every_minutes must be >= 0")
+        raise UsageError(f"{source}: parallel.seeds_per_device must be >= 0 (0 = spread evenly), got {p.seeds_per_device}")
+    if p.data < 0:
+        raise UsageError(f"{source}: parallel.data must be >= 0 (0 = auto, 1 = no data parallelism), got {p.data}")
+    if c.every_epochs < 0 or not (c.every_minutes >= 0 and math.isfinite(c.every_minutes)):
+        raise UsageError(f"{source}: checkpoint.every_epochs and checkpoint.every_minutes must be >= 0 (0 = off)")
 
 
 def check_against_dataset(cfg: Config, n_train: int, source: str = "config") -> None:

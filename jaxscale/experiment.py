@@ -5,23 +5,30 @@
     result = run(load_config("configs/quickstart.toml"), "runs/quickstart")
     result.curves.values["test_error"]   # [nP, nS, nT]
 
-The CLI (`jaxscale run`) is a thin shell over :func:`run`.
+The CLI (`jaxscale run`) is a thin shell over :func:`run`. Running the same call again on the same
+``out_dir`` after a crash, kill or preemption resumes from the newest checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from jaxscale.config import Config, to_toml
+from jaxscale.errors import UsageError
 from jaxscale.io import save_text_atomic
 from jaxscale.results import Curves, environment_info, write_manifest
-from jaxscale.train.loop import Experiment, ProgressFn, RunStats, build_experiment, run_experiment
+from jaxscale.train import checkpoint as checkpoint_lib
+from jaxscale.train import distributed
+from jaxscale.train.loop import EpochHook, Experiment, ProgressFn, RunStats, build_experiment, run_experiment
+from jaxscale.train.preemption import stop_on_signals
+from jaxscale.train.sharding import Layout
 
 
 @dataclasses.dataclass
@@ -32,22 +39,56 @@ class RunResult:
     manifest: dict
 
 
+CHECKPOINT_DIR = "checkpoints"
+
+
 def run(cfg: Config, out_dir: str | Path, *, progress: Optional[ProgressFn] = None, dataset=None,
-        experiment: Optional[Experiment] = None) -> RunResult:
+        experiment: Optional[Experiment] = None, restart: bool = False, layout: Optional[Layout] = None,
+        handle_signals: bool = True, warn: Optional[Callable[[str], None]] = None,
+        on_epoch: Optional[EpochHook] = None) -> RunResult:
     """Train the experiment of ``cfg`` and write ``out_dir/{curves.npz, manifest.json, config.toml}``.
 
+    Resumes from the newest usable checkpoint in ``out_dir/checkpoints`` if there is one; checkpoints
+    are saved there by ``cfg.checkpoint`` and deleted once the results are written. ``restart=True``
+    deletes old checkpoints and results first. A directory that already holds finished results (and
+    no checkpoint) raises :class:`UsageError` unless ``restart``.
+
+    With ``handle_signals`` (main thread only), SIGTERM/SIGINT stop the run at the end of the current
+    epoch with a checkpoint and raise :class:`~jaxscale.train.preemption.Interrupted`.
+
     ``experiment`` (from :func:`jaxscale.train.build_experiment`) skips the build step, e.g. when the
-    caller already built it to validate the config. Every file is written atomically; ``curves.npz``
-    appears only once the run is complete.
+    caller already built it to validate the config. In a multi-host run every process calls this; only
+    process 0 writes the results files. Every file is written atomically; ``curves.npz`` appears only
+    once the run is complete.
     """
     out_dir = Path(out_dir)
+    ck_dir = out_dir / CHECKPOINT_DIR
+    primary = distributed.is_primary()
+    if restart:
+        checkpoint_lib.wipe(ck_dir)
+        if primary:
+            for name in ("curves.npz", "manifest.json"):
+                (out_dir / name).unlink(missing_ok=True)
+    elif (out_dir / "curves.npz").exists() and not _has_steps(ck_dir):
+        raise UsageError(f"{out_dir} already holds a finished run (curves.npz): pass --restart (restart=True) to "
+                         "run it again from scratch, or choose another --out directory")
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     exp = experiment or build_experiment(cfg, dataset)
     setup_s = time.perf_counter() - t0
-    curves, stats = run_experiment(exp, progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    curves.save(out_dir / "curves.npz")
+    c = cfg.checkpoint
+    checkpoints = checkpoint_lib.Checkpoints(ck_dir, keep=c.keep, every_epochs=c.every_epochs,
+                                             every_minutes=c.every_minutes, warn=warn)
+    if primary:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_text_atomic(out_dir / "config.toml", to_toml(cfg))
+    try:
+        with contextlib.ExitStack() as stack:
+            stop = stack.enter_context(stop_on_signals()) if handle_signals else None
+            curves, stats = run_experiment(exp, progress=progress, layout=layout, checkpoints=checkpoints,
+                                           stop=stop, on_epoch=on_epoch)
+    finally:
+        checkpoints.close()
     manifest = {
         "jaxscale_results_format": 1,
         "name": cfg.name,
@@ -61,16 +102,27 @@ def run(cfg: Config, out_dir: str | Path, *, progress: Optional[ProgressFn] = No
             "n_train": exp.dataset.n_train,
             "n_test": int(exp.dataset.x_test.shape[0]),
             "ensemble_strategy": exp.strategy,
+            "layout": stats.layout,
             "logged_epochs": exp.epochs_logged.tolist(),
             "norms": list(exp.norm_names),
         },
         "environment": environment_info(),
-        "timing": {"setup_s": setup_s, "train_wall_s": stats.wall_s, "per_P": stats.per_P},
+        "timing": {"setup_s": setup_s, "train_wall_s": stats.wall_s, "per_P": stats.per_P,
+                   "earlier_sessions_wall_s": stats.earlier_wall_s},
+        "resumed_from": stats.resumed_from,
         "nonfinite_seeds": stats.nonfinite,
     }
-    write_manifest(out_dir / "manifest.json", manifest)
-    save_text_atomic(out_dir / "config.toml", to_toml(cfg))
+    if primary:
+        curves.save(out_dir / "curves.npz")
+        write_manifest(out_dir / "manifest.json", manifest)
+    # results are complete: the checkpoints are no longer needed
+    checkpoint_lib.wipe(ck_dir)
     return RunResult(out_dir=out_dir, curves=curves, stats=stats, manifest=manifest)
+
+
+def _has_steps(ck_dir: Path) -> bool:
+    """Whether ``ck_dir`` holds at least one committed orbax step directory (digits only)."""
+    return ck_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in ck_dir.iterdir())
 
 
 def summary_rows(curves: Curves, norm: str = "spectral_complexity") -> list[dict]:

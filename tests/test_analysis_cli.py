@@ -51,6 +51,7 @@ def test_run_directory_end_to_end(run_dir, capsys):
         lo, hi = boot["ci"][q]
         assert lo < hi
     assert [row["P"] for row in out["per_p"]] == P
+    assert out["warnings"] == []  # monotone norms, real optima, a window found on every replicate
     assert {"eps_star", "lambda_star", "l0", "gamma_i", "err_gamma_i"} <= set(out["per_p"][0])
     analysis = run_dir / "analysis"
     assert json.loads((analysis / "analysis.json").read_text()) == out
@@ -178,3 +179,19 @@ def test_run_where_window_rule_fails_still_reports_with_warning(tmp_path, capsys
     assert any("rough" in w for w in out["warnings"])
     assert "rough" in (run / "analysis" / "report.md").read_text()
     assert (run / "analysis" / "collapse.png").exists()
+
+
+def test_error_still_falling_at_the_end_is_flagged(tmp_path, capsys):
+    """When the test error only decreases (training stopped before the optimum), the minimum is the
+    last point reached: the output says that ε* and λ* are not an optimum."""
+    log_norm = np.broadcast_to(np.linspace(0.0, 4.0, 25), (3, 2, 25)) + np.array([0.0, 0.5, 1.0])[:, None, None]
+    run = tmp_path / "short"
+    save_npz_atomic(run / "curves.npz", {
+        "P": np.array([100, 200, 400]), "seeds": np.arange(2), "epochs": np.arange(1, 26),
+        "test_error": 0.9 * np.exp(-0.3 * log_norm), "log_norm": log_norm,
+    })
+    assert cli.run(_args(str(run), "--json", "--no-plots", "--bootstrap", "0")) == 0
+    out = json.loads(capsys.readouterr().out)
+    flagged = [w for w in out["warnings"] if "still falling" in w]
+    assert len(flagged) == 1 and "P = 100, 200, 400" in flagged[0]
+    assert out["bootstrap"] is None

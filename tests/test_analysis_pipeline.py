@@ -178,7 +178,7 @@ def test_synthetic_ensembles_recover_true_exponents():
         c = _synthetic(rng, gamma1=gamma1, gamma2=gamma2)
         g = interpolate_seeds(c, default_log_grid(c))
         boot = bootstrap(g, Settings(), n_boot, seed=rep)
-        assert boot.n_failed == 0 and boot.n_fallback <= n_boot // 10
+        assert boot.n_failed == 0 and boot.n_window_mismatch <= n_boot // 10
         for q, value in truth.items():
             lo, hi = boot.interval(q)
             covered[q] += lo <= value <= hi

@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 def _cfg():
     return {
         "name": "t",
-        "model": {"family": "cnn", "preset": "digits", "init_factor": 0.5},
+        "model": {"family": "cnn", "preset": "tiny", "init_factor": 0.5},
         "data": {"dataset": "digits"},
         # P=100 with batch 32: three full batches and a kept partial one of 4
-        "train": {"P": [48, 100], "seeds": 3, "epochs": 3, "batch_size": 32},
+        "train": {"P": [48, 100], "seeds": 3, "epochs": 2, "batch_size": 32},
         "parallel": {"ensemble": "vmap"},
     }
 
@@ -51,9 +51,9 @@ def ensemble_curves(digits):
 
 def test_curves_complete_and_sane(ensemble_curves):
     c = ensemble_curves
-    assert c.P.tolist() == [48, 100] and c.seeds.tolist() == [0, 1, 2] and c.epochs.tolist() == [1, 2, 3]
+    assert c.P.tolist() == [48, 100] and c.seeds.tolist() == [0, 1, 2] and c.epochs.tolist() == [1, 2]
     for k in METRICS:
-        assert c.values[k].shape == (2, 3, 3)
+        assert c.values[k].shape == (2, 3, 2)
         assert np.isfinite(c.values[k]).all(), k
     for k in ("train_error", "test_error"):
         assert ((c.values[k] >= 0) & (c.values[k] <= 1)).all()
@@ -65,7 +65,7 @@ def test_curves_complete_and_sane(ensemble_curves):
 
 
 def test_vmapped_ensemble_equals_separate_single_seed_runs(digits, ensemble_curves):
-    for s in range(3):
+    for s in (0, 2):
         raw = _cfg()
         raw["train"].update(seeds=1, seed_start=s)
         single = _run(raw, digits)
@@ -109,7 +109,7 @@ def test_same_seed_same_init_across_P(digits):
 def test_cli_run_writes_complete_results(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text(
-        'name = "cli"\n[model]\nfamily = "cnn"\npreset = "digits"\n[data]\ndataset = "digits"\n'
+        'name = "cli"\n[model]\nfamily = "cnn"\npreset = "tiny"\n[data]\ndataset = "digits"\n'
         "[train]\nP = [40, 80]\nseeds = 2\nepochs = 2\nbatch_size = 32\n"
     )
     out = tmp_path / "run"

@@ -6,7 +6,10 @@ Each replicate draws, independently for every P, nS seeds with replacement, re-a
 on which seeds are drawn, so it is done once and reused; the grid itself stays the one of the full
 ensemble. Intervals are percentile intervals of the replicates that could be fitted; replicates where
 the pipeline fails (e.g. too few points left in a given window) are counted in ``n_failed`` and left
-out; replicates where the automatic window falls back are counted in ``n_fallback`` and kept.
+out. So are, counted in ``n_window_mismatch``, replicates where the automatic window rule ends
+differently from the full ensemble (finds a window where the full ensemble fell back to every point
+left of the optimum, or the reverse): their γ₁ estimates a different quantity, and mixing the two
+kinds would give intervals that describe neither.
 
 **Intervals: expanded percentile.** Plain percentile intervals are too narrow with few resampled
 units (the bootstrap variance of a mean of n seeds is (n−1)/n of the real one, and the tails are
@@ -44,7 +47,7 @@ class BootstrapResult:
     n_seeds: int
     samples: dict[str, np.ndarray]
     n_failed: int
-    n_fallback: int
+    n_window_mismatch: int
 
     def tail(self, level: float = LEVEL) -> float:
         """Lower percentile (as a fraction) read for a nominal two-sided ``level`` (module docstring)."""
@@ -67,12 +70,16 @@ class BootstrapResult:
         return float(x.std(ddof=1)) if x.size > 1 else float("nan")
 
 
-def bootstrap(gridded: GriddedSeeds, settings: Settings, n: int, seed: int) -> BootstrapResult:
-    """``n`` seed-resampling replicates of the whole fitting pipeline, deterministic given ``seed``."""
+def bootstrap(gridded: GriddedSeeds, settings: Settings, n: int, seed: int, *,
+              fallback: bool = False) -> BootstrapResult:
+    """``n`` seed-resampling replicates of the whole fitting pipeline, deterministic given ``seed``.
+
+    ``fallback``: whether the full ensemble's automatic window fell back (module docstring).
+    """
     rng = np.random.default_rng(seed)
     nP, nS = gridded.error.shape[:2]
     samples = {q: np.full(n, np.nan) for q in QUANTITIES}
-    failed = fallback = 0
+    failed = mismatch = 0
     for b in range(n):
         index = rng.integers(0, nS, size=(nP, nS))
         try:
@@ -80,11 +87,13 @@ def bootstrap(gridded: GriddedSeeds, settings: Settings, n: int, seed: int) -> B
         except UsageError:  # e.g. no point of a curve left in the window in this replicate: counted, not fatal
             failed += 1
             continue
-        fallback += fit.window.fallback
+        if fit.window.fallback != fallback:
+            mismatch += 1
+            continue
         samples["gamma_1"][b] = fit.gamma1.gamma_1
         samples["gamma_2"][b] = fit.gamma2.gamma_2
         samples["gamma_pred"][b] = fit.prediction.gamma_pred
         samples["gamma_measured"][b] = fit.measured.gamma_measured
     n_seeds = int(np.isfinite(gridded.log_lambda_star).sum(axis=1).min())
     return BootstrapResult(n=n, seed=seed, n_seeds=n_seeds, samples=samples, n_failed=failed,
-                           n_fallback=fallback)
+                           n_window_mismatch=mismatch)

@@ -47,7 +47,7 @@ def analyze(inp: AnalysisInput, settings: Settings, *, log_grid: np.ndarray | No
     fit = fit_all(agg, settings)
     boot, notes = None, ()
     if n_bootstrap > 0 and inp.seeds.seeds.size > 1:
-        boot = bootstrap(gridded, settings, n_bootstrap, seed)
+        boot = bootstrap(gridded, settings, n_bootstrap, seed, fallback=fit.window.fallback)
     elif n_bootstrap > 0:
         notes = ("bootstrap skipped: the run has a single seed, there is nothing to resample",)
     return Analysis(inp, settings, agg, fit, boot, "default" if log_grid is None else "--grid", gridded.n_nonmonotone,

@@ -74,7 +74,7 @@ def _curves(an: Analysis, ax, colours) -> None:
         ax.plot(x, agg.mean_error[i], color=colours[i], lw=1.2)
     has = opt.index >= 0
     ax.scatter(_exp(opt.log_lambda_star[has]), opt.eps_star[has], c=[colours[i] for i in np.flatnonzero(has)],
-               edgecolors="black", zorder=3, s=28, label="optimum ε* of each mean curve")
+               edgecolors="black", zorder=3, s=28, label="minimum ε* of each mean curve")
     ax.set(xscale="log", yscale="log", xlabel=_norm_label(an), ylabel="test error ε (fraction)",
            title=f"{agg.label}: seed-averaged test error vs norm")
     ax.legend(loc="best", fontsize="small")
@@ -100,7 +100,7 @@ def _collapse(an: Analysis, ax, colours) -> None:
     t = np.linspace(*g1.log_u_range, 50)  # the fit line covers the fitted points only
     ax.plot(np.exp(t), g1.k1 * np.exp(-g1.gamma_1 * t), color="black", lw=2.0, ls="--",
             label=rf"$k_1(\lambda/\lambda^*)^{{-\gamma_1}}$, γ₁ = {g1.gamma_1:.4g} ± {_fmt(g1.err_gamma_1)}")
-    ax.set(xscale="log", yscale="log", xlabel="normalised norm λ/λ* (λ* = optimum of each mean curve)",
+    ax.set(xscale="log", yscale="log", xlabel="normalised norm λ/λ* (λ* = λ at the minimum of each mean curve)",
            ylabel="normalised test error ε/ε*",
            title=f"{agg.label}: collapse, curves P ≥ {agg.P[st.min_p]:g} fitted (bold)")
     ax.legend(loc="best", fontsize="small")
@@ -172,19 +172,24 @@ def _p_ticks(bar, P: np.ndarray) -> None:
 
 def _readable_log_ticks(ax) -> None:
     """On a log axis spanning under two decades label the ticks as plain numbers (0.4, 0.5, …)
-    instead of matplotlib's 4×10⁻¹ mantissa notation."""
+    instead of matplotlib's 4×10⁻¹ mantissa notation, with as many labels as fit."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
     def plain(value: float, _pos: int) -> str:
         return f"{value:.0f}" if value >= 1000 else f"{value:.3g}"
 
+    def sparse(value: float, pos: int) -> str:  # minor ticks of a 1–2 decade axis: only 2, 3 and 5
+        mantissa = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return plain(value, pos) if mantissa in (2, 3, 5) else ""
+
     for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
-        if axis.get_scale() == "log" and lo > 0 and hi / lo < 100:
-            if hi / lo < 4:  # under ~half a decade the decade ticks leave one or two labels: use round numbers
-                axis.set_major_locator(MaxNLocator(nbins=6))
-                axis.set_minor_locator(NullLocator())
-            axis.set_major_formatter(FuncFormatter(plain))
-            axis.set_minor_formatter(FuncFormatter(plain))
+        if axis.get_scale() != "log" or not lo > 0 or hi / lo >= 100:
+            continue
+        if hi / lo < 4:  # under ~half a decade the decade ticks leave one or two labels: use round numbers
+            axis.set_major_locator(MaxNLocator(nbins=6))
+            axis.set_minor_locator(NullLocator())
+        axis.set_major_formatter(FuncFormatter(plain))
+        axis.set_minor_formatter(FuncFormatter(plain if hi / lo < 12 else sparse))
 
 
 def _exp(log_values: np.ndarray) -> np.ndarray:

@@ -82,7 +82,7 @@ def _bootstrap_dict(an: Analysis) -> dict[str, Any] | None:
         "n": b.n,
         "seed": b.seed,
         "n_failed": b.n_failed,
-        "n_fallback_window": b.n_fallback,
+        "n_window_mismatch": b.n_window_mismatch,
         "n_seeds": b.n_seeds,
         "level": LEVEL,
         "method": f"expanded percentile (Hesterberg 2015): percentiles {100 * b.tail():.2f} and {100 * (1 - b.tail()):.2f}",
@@ -129,6 +129,11 @@ def _warnings(an: Analysis) -> list[str]:
     if an.n_nonmonotone:
         w.append(f"{an.n_nonmonotone} run(s) have a norm that decreases at some logged epoch; they were interpolated "
                  f"through their running-maximum points only")
+    at_end = [f"{p:g}" for p, k, row in zip(agg.P, fit.optima.index, agg.mean_error)
+              if k >= 0 and k == np.flatnonzero(np.isfinite(row))[-1]]
+    if at_end:
+        w.append(f"for P = {', '.join(at_end)} the lowest test error is at the largest norm reached: the error was still "
+                 f"falling when training stopped, so ε* and λ* there are the last values, not an optimum (train longer)")
     no_opt = [f"{p:g}" for p, k in zip(agg.P, fit.optima.index) if k < 0]
     if no_opt:
         w.append(f"no finite optimum (curve all NaN on the grid) for P = {', '.join(no_opt)}")
@@ -141,9 +146,11 @@ def _warnings(an: Analysis) -> list[str]:
         w.append("gamma_2 has no standard error (only 2 P values in its fit)")
     if an.bootstrap is not None and an.bootstrap.n_failed:
         w.append(f"{an.bootstrap.n_failed} of {an.bootstrap.n} bootstrap replicates could not be fitted and were left out")
-    if an.bootstrap is not None and an.bootstrap.n_fallback and not fit.window.fallback:
-        w.append(f"in {an.bootstrap.n_fallback} of {an.bootstrap.n} bootstrap replicates the automatic window fell back "
-                 f"to every point left of the optimum")
+    if an.bootstrap is not None and an.bootstrap.n_window_mismatch:
+        kind = "found a window" if fit.window.fallback else "found no window (fell back)"
+        w.append(f"{an.bootstrap.n_window_mismatch} of {an.bootstrap.n} bootstrap replicates were left out because "
+                 f"the automatic window rule {kind} there, unlike on the full ensemble; a large share means the "
+                 f"window is fragile")
     return w
 
 

@@ -13,7 +13,10 @@ is never in the window). A window is *acceptable* when
 2. every curve falls towards its optimum there (positive fitted slope of ln v against −ln u), and
 3. a straight line in log-log fits every curve as well as a cubic does, up to noise: the pooled
    lack-of-fit F-test of "one line per curve" against "one cubic per curve" (ln v against ln u)
-   does not reject at level ``alpha``.
+   does not reject at level ``alpha``, and
+4. the fitted fall of ln ε across the window is at least ``MIN_DROP_FRACTION`` (10 %) of the curves'
+   whole fall from their highest point to the optimum (means over curves): a nearly flat stretch,
+   such as the plateau at chance level early in training, is straight but is not the first law.
 
 Among acceptable windows the one chosen is the power law over the **largest drop of the error**:
 the largest mean, over curves, of the fitted decrease of ln ε across the curve's points in the window
@@ -53,6 +56,7 @@ DEFAULT_MIN_POINTS = 5
 DEFAULT_ALPHA = 0.05
 DEFAULT_MARGIN = 0.1
 MAX_CANDIDATE_BOUNDS = 64
+MIN_DROP_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +127,8 @@ def choose_window(agg: Aggregated, optima: Optima, min_p: int, *, min_points: in
         f_stat = (gain.sum(axis=1) / df1) / ((rss_line - gain).sum(axis=1) / df2)
     # 0/0 (noise-free straight data: both fits exact) counts as a perfect fit
     p_value = np.where(np.isnan(f_stat), 1.0, special.fdtrc(df1, df2, np.nan_to_num(f_stat, nan=0.0)))
-    good = (rise > 0).all(axis=1) & (p_value >= alpha)
+    total_fall = np.nanmax(y, axis=1).mean()  # mean over curves of ln(max ε / ε*)
+    good = (rise > 0).all(axis=1) & (p_value >= alpha) & (rise.mean(axis=1) >= MIN_DROP_FRACTION * total_fall)
     if not good.any():
         raise NoWindowError(_no_window_msg(agg, min_p, min_points, alpha))
     drop = np.where(good, rise.mean(axis=1), -np.inf)

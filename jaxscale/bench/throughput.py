@@ -54,12 +54,13 @@ def step_flops_per_image(exp) -> float:
 
 
 def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 1024, precision: str = "fp32",
-               repeats: int = 3, strategies=("auto",), norms_every: int = 1) -> dict:
+               repeats: int = 3, strategies=("auto",), norms_every: int = 1, preset=None) -> dict:
     """Measure, in one run: img/s of one seed, of ``seeds`` seeds trained one after another with the
     S=1 program, and of the ensemble program for each strategy. Returns the JSON-able result."""
     from jaxscale.train.ensemble import resolve_strategy
 
-    cfg = bench_config(model, dataset, seeds=seeds, P=P, precision=precision, norms_every=norms_every)
+    cfg = bench_config(model, dataset, seeds=seeds, P=P, precision=precision, norms_every=norms_every,
+                       preset=preset)
     exp = build_bench_experiment(cfg, dataset, n_train=max(P, 2048))
     dtype = {"fp32": jnp.float32, "tf32": jnp.float32, "bf16": jnp.bfloat16}[precision]
     peak = matmul_peak_flops(dtype)
@@ -85,7 +86,7 @@ def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 1024, preci
     img_s_ens = ens[auto]["img_s"] if auto in ens else ens[best]["img_s"]
     achieved = flops_img * img_s_ens
     return {
-        "model": model, "dataset": dataset, "precision": precision, "seeds": seeds, "P": P,
+        "model": model, "preset": cfg.model.preset, "dataset": dataset, "precision": precision, "seeds": seeds, "P": P,
         "batch_size": cfg.train.batch_size, "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind), "norms_every": norms_every,
         "img_s_single": P / t_single.median_s,
@@ -104,7 +105,7 @@ def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 1024, preci
 
 def format_throughput(r: dict) -> str:
     lines = [
-        f"{r['model']} on {r['dataset']}-shaped data, {r['precision']}, batch {r['batch_size']}, P={r['P']}, "
+        f"{r['model']}/{r['preset']} on {r['dataset']}-shaped data, {r['precision']}, batch {r['batch_size']}, P={r['P']}, "
         f"{r['backend']} ({r['device']})",
         f"  one seed                      {r['img_s_single']:>10,.0f} img/s",
         f"  {r['seeds']} seeds one after another   {r['img_s_sequential']:>10,.0f} img/s",

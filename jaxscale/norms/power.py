@@ -19,10 +19,11 @@ official code does.
 
 Warm start from scratch: at initialisation the weights are random and their top singular values
 are nearly degenerate (σ₂/σ₁ = 0.9995 for the CIFAR CNN's 512×32768 layer), where power iteration
-needs thousands of iterations (relative error still 1e-3 after 300). :func:`lanczos_top` (Golub-Kahan
--Lanczos bidiagonalisation with full reorthogonalisation) reaches ~1e-7 there with 64 steps (128
-mat-vecs); it is used once to converge a fresh state (and for large reference operators), after
-which one power iteration per training step keeps the vector converged as the weights drift.
+needs thousands of iterations (relative error still 1e-3 after 300). :func:`lanczos_top`
+(Golub-Kahan-Lanczos bidiagonalisation with full reorthogonalisation) reaches ~1e-7 there with 64
+steps (128 mat-vecs); it is used once to converge a fresh state (and for large reference
+operators), after which one power iteration per training step keeps the vector converged as the
+weights drift.
 
 Precision: mat-vecs and convolutions request ``lax.Precision.HIGHEST`` so that accelerators that
 default to reduced-precision float32 matmuls (TF32 on recent NVIDIA GPUs, bf16 passes on TPU) still
@@ -99,7 +100,7 @@ def power_iteration(
 def dense_operator(
     kmat: jax.Array,
 ) -> tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]:
-    """``(x -> W x, y -> Wᵀ y)`` for ``W = kmatᵀ``, ``kmat`` in flax orientation ``(fan_in, fan_out)``.
+    """``(x -> W x, y -> Wᵀ y)`` for ``W = kmatᵀ``, ``kmat`` in flax layout ``(fan_in, fan_out)``.
 
     The flax kernel is used as stored: ``W v = v @ kmat`` and ``Wᵀ u = kmat @ u``, so no transposed
     copy of a large kernel is ever made. A conv kernel ``(kh, kw, C_in, C_out)`` enters as its free
@@ -216,8 +217,8 @@ def lanczos_top(
     twice, "twice is enough") keeps float32 bases orthogonal. Breakdown (an exhausted Krylov space)
     leaves zero vectors instead of NaN. The Ritz value never exceeds σ_max (interlacing).
 
-    Cost: ``k`` applications of ``A`` and of ``Aᵀ`` plus ``8·k²·n`` flops of reorthogonalisation;
-    memory ``k·(n + m)`` floats for the bases (n, m = input, output sizes).
+    Cost: ``k`` applications of ``A`` and of ``Aᵀ``, plus ≈ ``4·k²·(n + m)`` flops to keep the
+    bases orthogonal; memory ``k·(n + m)`` floats for the bases (n, m = input, output sizes).
 
     Args:
       apply, apply_t: as in :func:`power_iteration`.
@@ -258,13 +259,12 @@ def lanczos_top(
         return vs, us, alphas.at[j].set(alpha), betas.at[j].set(beta), w, u, beta
 
     v_start, _ = _safe_unit(v0.reshape(-1), zero)
-    v = v_start
     init = (
         jnp.zeros((k, n), dt),
         jnp.zeros((k, m), dt),
         jnp.zeros((k,), dt),
         jnp.zeros((k,), dt),
-        v,
+        v_start,
         jnp.zeros((m,), dt),
         zero,
     )

@@ -2,15 +2,19 @@
 evaluated at the paper's logged epochs, into a :class:`~jaxscale.results.Curves`.
 
 Host work per epoch is one dispatch; the host only reads values back at logged epochs (and, at most
-about once a second, a loss for the progress line).
+about once a second, a loss for the progress line). The programs run on a device layout
+(:mod:`jaxscale.train.sharding`: seeds and/or each seed's batch split over devices and hosts), and the
+loop checkpoints at epoch boundaries and resumes from them (:mod:`jaxscale.train.checkpoint`), stopping
+cleanly on SIGTERM/SIGINT (:mod:`jaxscale.train.preemption`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +22,19 @@ import numpy as np
 
 from jaxscale.config import Config, check_against_dataset
 from jaxscale.data import ArrayDataset
+from jaxscale.errors import UsageError
 from jaxscale.models.spec import ModelSpec
 from jaxscale.results import Curves
+from jaxscale.train import distributed
 from jaxscale.train import step as step_lib
+from jaxscale.train.checkpoint import Checkpoints
 from jaxscale.train.ensemble import resolve_strategy, seed_map
 from jaxscale.train.norm_tracking import NormTracker
 from jaxscale.train.optim import make_optimizer
+from jaxscale.train.preemption import Interrupted, StopFlag
 from jaxscale.train.schedule import logged_epochs
+from jaxscale.train.sharding import (DATA, Layout, data_parallel_fns, distribute, local_rows, plan_layout,
+                                     single_device_layout)
 from jaxscale.train.state import seed_keys
 
 ProgressFn = Callable[[dict], None]
@@ -113,21 +123,25 @@ def stacked_seed_keys(seeds) -> dict[str, jax.Array]:
     return {k: jnp.stack([d[k] for d in ks]) for k in ks[0]}
 
 
-def make_programs(exp: Experiment) -> dict[str, Callable]:
-    """The jitted ensemble functions of a run; every one maps a single-seed function over seeds."""
-    fns, strat = exp.fns, exp.strategy
+def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str, Any]:
+    """The jitted ensemble functions of a run on ``layout`` (default: one device); every one maps a
+    single-seed function of :mod:`jaxscale.train.step` over seeds and devices.
+
+    Per-seed arguments and outputs are global ``[seeds, ...]`` arrays (split over the layout's seed
+    groups; the seed count must be a multiple of ``layout.groups``). ``eval``'s metrics and
+    ``nonfinite`` come back replicated, so every process can read all seeds. The returned dict also
+    holds the ``layout``.
+    """
+    layout = layout or single_device_layout(exp.cfg.train.seeds)
+    fns = data_parallel_fns(exp.fns, DATA, layout.data)
+    strat = exp.strategy
     bs = exp.cfg.train.batch_size
     eval_bs = exp.cfg.data.eval_batch_size
 
     def init_one(init_key, train_key, norm_key):
         return step_lib.init_state(fns, init_key, train_key, norm_key)
 
-    def subset_one(data_key, n_train, P):
-        from jaxscale.data.sampling import subset_indices
-
-        return subset_indices(data_key, n_train, P)
-
-    def epoch_all(states, subsets, x, y, epoch):
+    def epoch_block(states, subsets, x, y, epoch):
         f = functools.partial(step_lib.train_epoch, fns, bs)
         return seed_map(f, strat, (0, 0, None, None, None))(states, subsets, x, y, epoch)
 
@@ -141,18 +155,33 @@ def make_programs(exp: Experiment) -> dict[str, Callable]:
         out = {"train_error": tr["error"], "train_loss": tr["loss"], "test_error": te["error"],
                "test_loss": te["loss"], **{f"log_{k}": v for k, v in logs.items()}}
         # A diverged seed reports NaN everywhere (argmax of NaN logits would look like a number).
-        out = {k: jnp.where(state.nonfinite, jnp.nan, v.astype(jnp.float32)) for k, v in out.items()}
-        return out, state.replace(norm_state=norm_state)
+        # Its flag is set by the first step with a non-finite loss; if the epoch's last update made the
+        # weights non-finite, the losses evaluated here already show it, so flag it now.
+        bad = state.nonfinite | ~jnp.isfinite(tr["loss"]) | ~jnp.isfinite(te["loss"])
+        out = {k: jnp.where(bad, jnp.nan, v.astype(jnp.float32)) for k, v in out.items()}
+        return out, state.replace(norm_state=norm_state, nonfinite=bad)
 
-    def eval_all(states, subsets, x_tr, y_tr, x_te, y_te, epoch):
+    def eval_block(states, subsets, x_tr, y_tr, x_te, y_te, epoch):
         return seed_map(eval_one, strat, (0, 0, None, None, None, None, None))(
             states, subsets, x_tr, y_tr, x_te, y_te, epoch)
 
+    @functools.lru_cache(maxsize=None)
+    def subsets_program(n_train: int, P: int):
+        from jaxscale.data.sampling import subset_indices
+
+        return distribute(jax.vmap(functools.partial(subset_indices, n_train=n_train, P=P)), layout, (0,))
+
+    def subsets(data_keys, n_train, P):
+        return subsets_program(int(n_train), int(P))(data_keys)
+
     return {
-        "init": jax.jit(jax.vmap(init_one)),
-        "subsets": jax.jit(jax.vmap(subset_one, in_axes=(0, None, None)), static_argnums=(1, 2)),
-        "epoch": jax.jit(epoch_all, donate_argnums=(0,)),
-        "eval": jax.jit(eval_all, donate_argnums=(0,)),
+        "layout": layout,
+        "init": distribute(jax.vmap(init_one), layout, (0, 0, 0)),
+        "subsets": subsets,
+        "epoch": distribute(epoch_block, layout, (0, 0, None, None, None), donate_argnums=(0,)),
+        "eval": distribute(eval_block, layout, (0, 0, None, None, None, None, None),
+                           out_replicated=(True, False), donate_argnums=(0,)),
+        "nonfinite": distribute(lambda s: s.nonfinite, layout, (0,), out_replicated=True),
     }
 
 
@@ -176,6 +205,24 @@ class RunStats:
     wall_s: float = 0.0
     per_P: list = dataclasses.field(default_factory=list)  # {"P", "wall_s", "compile_s", "img_per_s"}
     nonfinite: list = dataclasses.field(default_factory=list)  # {"P", "seed"} of diverged seeds
+    #: where this session started: None (from scratch) or {"step", "P", "epoch"} of the checkpoint
+    resumed_from: Optional[dict] = None
+    #: wall time of earlier sessions of this run (before the checkpoint it resumed from)
+    earlier_wall_s: float = 0.0
+    layout: str = ""
+
+
+def training_fingerprint(cfg: Config) -> dict:
+    """The parts of the config a checkpoint depends on: everything except how it is run
+    ([parallel], [checkpoint]), names and the data path. Resuming with a different one is refused."""
+    d = cfg.to_dict()
+    for k in ("name", "description", "parallel", "checkpoint"):
+        d.pop(k, None)
+    d["data"].pop("data_dir", None)
+    return d
+
+
+EpochHook = Callable[[int, int, Any], Any]
 
 
 def run_experiment(
@@ -183,47 +230,107 @@ def run_experiment(
     *,
     progress: Optional[ProgressFn] = None,
     programs: Optional[dict] = None,
+    layout: Optional[Layout] = None,
+    checkpoints: Optional[Checkpoints] = None,
+    stop: Optional[StopFlag] = None,
+    on_epoch: Optional[EpochHook] = None,
 ) -> tuple[Curves, RunStats]:
     """Train every P of the config, all seeds at once, and return the learning curves.
 
-    ``progress`` receives dicts ``{"event": "epoch"|"log"|"P_done", "P", "P_index", "n_P", "epoch",
-    "epochs", "loss", "img_per_s", "eta_s", ...}``; training itself never prints.
+    Args:
+      progress: receives dicts ``{"event": "epoch"|"log"|"P_done", "P", "P_index", "n_P", "epoch",
+        "epochs", "loss", "img_per_s", "eta_s", ...}``, plus ``"checkpoint"`` (``step``, ``P``,
+        ``epoch``) after each save and ``"resume"`` (``step``, ``P``, ``P_index``, ``epoch``) when
+        continuing from a checkpoint; training itself never prints.
+      programs: from :func:`make_programs` (built here if omitted, for ``layout``).
+      layout: device layout (default: planned from ``cfg.parallel`` over all devices).
+      checkpoints: if given, resume from its newest usable checkpoint and save by its policy; on
+        ``stop`` a checkpoint is always saved.
+      stop: checked after every epoch; when set, the run saves a checkpoint (if ``checkpoints``) and
+        raises :class:`~jaxscale.train.preemption.Interrupted`.
+      on_epoch: ``f(P_index, epoch, states) -> states`` applied after each training epoch (before
+        evaluation); for fault-injection tests and experiments.
     """
     cfg = exp.cfg
-    seeds = np.asarray(cfg.seed_values(), np.int64)
-    curves = Curves.empty(cfg.train.P, seeds, exp.epochs_logged, exp.norm_names)
-    programs = programs or make_programs(exp)
-    keys = stacked_seed_keys(seeds)
-    ds = exp.dataset
-    x_tr, y_tr = jax.device_put(ds.x_train), jax.device_put(ds.y_train.astype(np.int32))
-    x_te, y_te = jax.device_put(ds.x_test), jax.device_put(ds.y_test.astype(np.int32))
-    logged = {int(e): i for i, e in enumerate(exp.epochs_logged)}
     T = cfg.train.epochs
-    S = len(seeds)
-    total_imgs = sum(cfg.train.P) * T * S
-    done_imgs = 0
-    stats = RunStats()
+    S = cfg.train.seeds
+    if programs is not None:
+        layout = programs["layout"]
+    layout = layout or plan_layout(cfg.parallel, S)
+    programs = programs or make_programs(exp, layout)
+    seeds = np.asarray(cfg.seed_values(), np.int64)
+    # padding seeds are just the next seed values: trained, then dropped
+    all_seeds = cfg.train.seed_start + np.arange(layout.seeds_padded, dtype=np.int64)
+    curves = Curves.empty(cfg.train.P, seeds, exp.epochs_logged, exp.norm_names)
+    keys = {k: layout.put_seeded(np.asarray(v)) for k, v in stacked_seed_keys(all_seeds).items()}
+    ds = exp.dataset
+    x_tr, y_tr = layout.put_replicated(ds.x_train), layout.put_replicated(ds.y_train.astype(np.int32))
+    x_te, y_te = layout.put_replicated(ds.x_test), layout.put_replicated(ds.y_test.astype(np.int32))
+    logged = {int(e): i for i, e in enumerate(exp.epochs_logged)}
+    stats = RunStats(layout=layout.describe())
     t_run = time.perf_counter()
+
+    start_pi, start_epoch, resume_step = 0, 0, None
+    if checkpoints is not None:
+        found = checkpoints.choose()
+        if found is not None:
+            resume_step, meta = found
+            if meta.get("config") != training_fingerprint(cfg):
+                raise UsageError(
+                    f"{checkpoints.directory} holds checkpoints of a different training config: resume with the "
+                    "config (and --set/--P/--seeds/--epochs flags) it was started with, or pass --restart to start over")
+            start_pi, start_epoch = int(meta["P_index"]), int(meta["epoch"])
+            stats.per_P, stats.nonfinite = list(meta["stats"]["per_P"]), list(meta["stats"]["nonfinite"])
+            stats.earlier_wall_s = float(meta["stats"]["wall_s"])
+            stats.resumed_from = {"step": resume_step, "P": int(cfg.train.P[start_pi]), "epoch": start_epoch}
+            for k, v in checkpoints.restore_curves(resume_step).items():
+                if k in curves.values and v.shape == curves.values[k].shape:
+                    curves.values[k][...] = v
+            if progress:
+                progress({"event": "resume", "step": resume_step, "P": int(cfg.train.P[start_pi]),
+                          "P_index": start_pi, "n_P": len(cfg.train.P), "epoch": start_epoch, "epochs": T})
+            if start_epoch >= T:  # that P was complete: continue with the next one
+                start_pi, start_epoch = start_pi + 1, 0
+
+    # images counted from where this session starts, for the ETA
+    total_imgs = (sum(cfg.train.P[start_pi:]) * T - (cfg.train.P[start_pi] * start_epoch if start_pi < len(cfg.train.P) else 0)) * S
+    done_imgs = 0
     # Throughput clock: counts only synced training intervals, excluding each P's first (compiling)
     # epoch and the evaluations at logged epochs.
     steady_time, steady_imgs = 0.0, 0
 
+    def meta_for(pi: int, epoch: int) -> dict:
+        return {"format": 1, "P_index": pi, "P": int(cfg.train.P[pi]), "epoch": epoch, "epochs": T,
+                "seeds": S, "seeds_padded": layout.seeds_padded, "config": training_fingerprint(cfg),
+                "stats": {"per_P": stats.per_P, "nonfinite": stats.nonfinite,
+                          "wall_s": stats.earlier_wall_s + time.perf_counter() - t_run}}
+
     for pi, P in enumerate(cfg.train.P):
+        if pi < start_pi:
+            continue
         t_P = time.perf_counter()
         states = programs["init"](keys["init"], keys["train"], keys["norms"])
         subsets = programs["subsets"](keys["data"], ds.n_train, int(P))
+        first_epoch = 1
+        if resume_step is not None and pi == start_pi and start_epoch > 0:
+            states = _restore_state(checkpoints, resume_step, states, layout)
+            first_epoch = start_epoch + 1
         compile_s, P_steady_time, P_steady_imgs = 0.0, 0.0, 0
         mark, pending = time.perf_counter(), 0
-        for epoch in range(1, T + 1):
-            states, m = programs["epoch"](states, subsets, x_tr, y_tr, jnp.int32(epoch))
+        for epoch in range(first_epoch, T + 1):
+            states, m = programs["epoch"](states, subsets, x_tr, y_tr, np.int32(epoch))
+            if on_epoch is not None:
+                states = on_epoch(pi, epoch, states)
+            if layout.needs_sync:
+                jax.block_until_ready(states)
             done_imgs += P * S
-            if epoch > 1:
+            if epoch > first_epoch:
                 pending += P * S
             is_log = epoch in logged
-            if epoch == 1 or is_log or epoch == T or time.perf_counter() - mark > 1.0:
-                loss = float(np.nanmean(np.asarray(m["loss"])))  # syncs
+            if epoch == first_epoch or is_log or epoch == T or time.perf_counter() - mark > 1.0:
+                loss = float(np.nanmean(local_rows(m["loss"], S)))  # syncs
                 now = time.perf_counter()
-                if epoch == 1:
+                if epoch == first_epoch:
                     compile_s = now - t_P
                 else:
                     P_steady_time += now - mark
@@ -236,24 +343,56 @@ def run_experiment(
                     progress({"event": "epoch", "P": int(P), "P_index": pi, "n_P": len(cfg.train.P),
                               "epoch": epoch, "epochs": T, "loss": loss, "img_per_s": img_s, "eta_s": eta})
             if is_log:
-                out, states = programs["eval"](states, subsets, x_tr, y_tr, x_te, y_te, jnp.int32(epoch))
+                out, states = programs["eval"](states, subsets, x_tr, y_tr, x_te, y_te, np.int32(epoch))
                 out = jax.device_get(out)
                 ti = logged[epoch]
                 for k, v in out.items():
-                    curves.values[k][pi, :, ti] = np.asarray(v, np.float64)
+                    curves.values[k][pi, :, ti] = np.asarray(v, np.float64)[:S]
                 mark = time.perf_counter()  # evaluation time is not training throughput
                 if progress:
                     progress({"event": "log", "P": int(P), "P_index": pi, "epoch": epoch,
-                              "test_error": float(np.nanmean(out["test_error"])),
-                              "train_error": float(np.nanmean(out["train_error"]))})
-        steady_time += P_steady_time
-        steady_imgs += P_steady_imgs
-        bad = np.asarray(jax.device_get(states.nonfinite))
-        stats.nonfinite += [{"P": int(P), "seed": int(seeds[i])} for i in np.flatnonzero(bad)]
-        wall = time.perf_counter() - t_P
-        stats.per_P.append({"P": int(P), "wall_s": wall, "compile_s": compile_s,
-                            "img_per_s": P_steady_imgs / P_steady_time if P_steady_time > 0 else float("nan")})
+                              "test_error": float(np.nanmean(curves.values["test_error"][pi, :, ti])),
+                              "train_error": float(np.nanmean(curves.values["train_error"][pi, :, ti]))})
+            if epoch == T:
+                steady_time += P_steady_time
+                steady_imgs += P_steady_imgs
+                bad = np.asarray(jax.device_get(programs["nonfinite"](states)))[:S]
+                stats.nonfinite += [{"P": int(P), "seed": int(seeds[i])} for i in np.flatnonzero(bad)]
+                wall = time.perf_counter() - t_P
+                stats.per_P.append({"P": int(P), "wall_s": wall, "compile_s": compile_s,
+                                    "img_per_s": P_steady_imgs / P_steady_time if P_steady_time > 0 else float("nan")})
+            stopping = stop is not None and distributed.any_process(stop.requested)
+            if checkpoints is not None and (stopping or checkpoints.due(epoch)):
+                step = pi * T + epoch
+                checkpoints.save(step, states, curves.values, meta_for(pi, epoch))
+                if progress:
+                    progress({"event": "checkpoint", "step": step, "P": int(P), "P_index": pi, "epoch": epoch})
+            if stopping:
+                if checkpoints is not None:
+                    checkpoints.wait()
+                raise Interrupted(stop.signum or signal.SIGTERM, int(P), epoch,
+                                  str(checkpoints.directory) if checkpoints is not None else None)
         if progress:
-            progress({"event": "P_done", "P": int(P), "P_index": pi, "n_P": len(cfg.train.P), "wall_s": wall})
+            progress({"event": "P_done", "P": int(P), "P_index": pi, "n_P": len(cfg.train.P),
+                      "wall_s": stats.per_P[-1]["wall_s"]})
     stats.wall_s = time.perf_counter() - t_run
     return curves, stats
+
+
+def _restore_state(checkpoints: Checkpoints, step: int, fresh: Any, layout: Layout) -> Any:
+    """Restore the ensemble state of checkpoint ``step`` into the shape of ``fresh`` (a freshly
+    initialised ensemble on ``layout``). A checkpoint written on a layout with another seed padding is
+    restored at its saved size and its real seeds are copied into ``fresh`` (padding seeds are
+    dropped anyway), so a run can resume on a different number of devices."""
+    saved_pad = int(checkpoints.read_meta(step)["seeds_padded"])
+    if saved_pad == layout.seeds_padded:
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layout.seed_sharding), fresh)
+        return checkpoints.restore_state(step, target)
+    sharding = layout.seed_sharding if saved_pad % layout.groups == 0 else layout.replicated
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((saved_pad,) + a.shape[1:], a.dtype, sharding=sharding), fresh)
+    saved = checkpoints.restore_state(step, target)
+    n = min(saved_pad, layout.seeds_padded)
+    merge = jax.jit(lambda old, new: jax.tree.map(lambda o, f: f.at[:n].set(o[:n]), old, new),
+                    out_shardings=layout.seed_sharding)
+    return merge(saved, fresh)

@@ -1,0 +1,241 @@
+"""Checkpoints: the whole run state on disk with orbax-checkpoint, verified by our own checksums.
+
+A checkpoint is taken at an epoch boundary and holds everything needed to continue *exactly*:
+
+* ``state``: the ensemble :class:`~jaxscale.train.state.TrainState` of the current P (every seed's
+  params, optimiser state, BatchNorm statistics, power-iteration vectors, RNG key and step — the
+  epoch's data order is ``fold_in(key, epoch)``, so nothing else is needed), padding seeds included;
+* ``curves``: the learning curves logged so far (all P), float64 ``[nP, S, nT]`` per metric;
+* ``meta``: P index, epoch, layout, the training config it belongs to and the run statistics so far.
+
+The step number is ``P_index * epochs + epoch``. orbax writes asynchronously and atomically (a
+temporary directory renamed on commit; an interrupted save leaves only an ignored ``*.orbax-checkpoint-tmp``
+folder, removed at the next start) but does **not** detect corrupted or truncated files (TOOLCHAIN.md).
+So once a save is committed, process 0 writes ``jaxscale_sha256.json`` into the step directory: the
+SHA-256 of every file in it. On resume the newest checkpoint whose files all match is used; newer
+ones that fail are reported, deleted and skipped. A checkpoint without the checksum file (the process
+died between the commit and the checksum) is used only when no verified one exists, with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from jaxscale.io import save_json_atomic
+from jaxscale.train import distributed
+
+CHECKSUM_FILE = "jaxscale_sha256.json"
+_NO_CHECKSUM = "no checksum file"
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped or used without verification."""
+
+
+def file_digests(step_dir: Path) -> dict[str, str]:
+    """``{relative path: sha256 hex}`` of every file under ``step_dir`` except the checksum file."""
+    out = {}
+    for p in sorted(step_dir.rglob("*")):
+        if p.is_file() and p.name != CHECKSUM_FILE:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[str(p.relative_to(step_dir))] = h.hexdigest()
+    return out
+
+
+def write_checksums(step_dir: Path) -> None:
+    save_json_atomic(step_dir / CHECKSUM_FILE, {"sha256": file_digests(step_dir)})
+
+
+def verify(step_dir: Path) -> Optional[str]:
+    """``None`` if every file of the checkpoint matches its recorded checksum, else the reason."""
+    try:
+        recorded = json.loads((step_dir / CHECKSUM_FILE).read_text())["sha256"]
+    except FileNotFoundError:
+        return _NO_CHECKSUM
+    except (ValueError, KeyError, TypeError):
+        return "unreadable checksum file"
+    actual = file_digests(step_dir)
+    for name in sorted(set(recorded) | set(actual)):
+        if name not in actual:
+            return f"file {name} is missing"
+        if name not in recorded:
+            return f"unexpected file {name}"
+        if actual[name] != recorded[name]:
+            return f"file {name} does not match its checksum (corrupted or truncated)"
+    return None
+
+
+def _default_warn(message: str) -> None:
+    warnings.warn(message, CheckpointWarning, stacklevel=3)
+
+
+class Checkpoints:
+    """The checkpoints of one run directory (``<out>/checkpoints``).
+
+    Args:
+      directory: where step directories live (created if needed).
+      keep: how many of the newest checkpoints to keep.
+      every_epochs, every_minutes: the periodic policy of :meth:`due` (0 = that rule off).
+      warn: receives one-line warnings (skipped checkpoints); default ``warnings.warn``.
+      async_save: let orbax write in the background while training continues.
+
+    Every process of a multi-host run must create it and call :meth:`save` / :meth:`choose` /
+    :meth:`restore` together.
+    """
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, every_epochs: int = 0,
+                 every_minutes: float = 0.0, warn: Optional[Callable[[str], None]] = None,
+                 async_save: bool = True):
+        import orbax.checkpoint as ocp
+
+        self.directory = Path(directory).absolute()
+        self.every_epochs, self.every_minutes = every_epochs, every_minutes
+        self.warn = warn or _default_warn
+        self._primary = distributed.is_primary()
+        self._ocp = ocp
+        self._mgr = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                                 enable_async_checkpointing=async_save),
+        )
+        self._hasher: Optional[threading.Thread] = None
+        self._hash_error: Optional[BaseException] = None
+        self._last_save = time.monotonic()
+
+    # -- saving ------------------------------------------------------------------------------------
+
+    def due(self, epoch: int) -> bool:
+        """Whether the periodic policy asks for a checkpoint after ``epoch`` (1-based, within a P)."""
+        if self.every_epochs and epoch % self.every_epochs == 0:
+            return True
+        return bool(self.every_minutes) and time.monotonic() - self._last_save >= 60.0 * self.every_minutes
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def save(self, step: int, state: Any, curves: dict[str, np.ndarray], meta: dict) -> None:
+        """Start saving (returns while orbax writes in the background); the checksum file follows
+        once the save is committed."""
+        self._join_hasher()
+        ocp = self._ocp
+        self._mgr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            curves=ocp.args.StandardSave({k: np.asarray(v) for k, v in curves.items()}),
+            meta=ocp.args.JsonSave(meta),
+        ))
+        self._last_save = time.monotonic()
+        if self._primary:
+            self._hasher = threading.Thread(target=self._finish, args=(step,), daemon=True)
+            self._hasher.start()
+
+    def _finish(self, step: int) -> None:
+        try:
+            self._mgr.wait_until_finished()
+            if self.step_dir(step).is_dir():  # max_to_keep may already have dropped it (keep=1)
+                write_checksums(self.step_dir(step))
+        except BaseException as e:  # reported on the main thread by _join_hasher
+            self._hash_error = e
+
+    def _join_hasher(self) -> None:
+        if self._hasher is not None:
+            self._hasher.join()
+            self._hasher = None
+        if self._hash_error is not None:
+            e, self._hash_error = self._hash_error, None
+            raise e
+
+    def wait(self) -> None:
+        """Block until every started save is committed and has its checksum file."""
+        self._join_hasher()
+        self._mgr.wait_until_finished()
+        distributed.barrier("jaxscale-checkpoint-wait")
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._mgr.close()
+
+    # -- resuming ----------------------------------------------------------------------------------
+
+    def steps(self) -> list[int]:
+        """Committed steps, oldest first (uncommitted temporary folders are not steps)."""
+        return sorted(self._mgr.all_steps())
+
+    def read_meta(self, step: int) -> dict:
+        """The ``meta`` item, read straight from its JSON file (orbax's ``JsonSave`` layout): no orbax
+        call, so process 0 can validate on its own without the other processes joining in."""
+        meta = json.loads((self.step_dir(step) / "meta" / "metadata").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not a JSON object")
+        return meta
+
+    def choose(self) -> Optional[tuple[int, dict]]:
+        """The newest usable checkpoint as ``(step, meta)``, or ``None``. Unusable newer ones are
+        reported through ``warn`` and deleted (their step numbers will be written again)."""
+        steps = self.steps()
+        chosen = -1
+        if self._primary and steps:
+            bad, fallback = [], None
+            for s in reversed(steps):
+                reason = verify(self.step_dir(s))
+                if reason is None:
+                    try:
+                        self.read_meta(s)
+                    except Exception as e:  # noqa: BLE001 — any orbax failure means unusable
+                        reason = f"unreadable ({type(e).__name__})"
+                if reason is None:
+                    chosen = s
+                    break
+                if reason == _NO_CHECKSUM and fallback is None:
+                    fallback = s
+                bad.append((s, reason))
+            if chosen < 0 and fallback is not None:
+                chosen = fallback
+                self.warn(f"checkpoint {self.step_dir(fallback)} has no checksum file (the process was stopped "
+                          "right after saving it) and no verified checkpoint exists: using it unverified")
+            for s, reason in bad:
+                if s == chosen:
+                    continue
+                if s > chosen:
+                    self.warn(f"checkpoint {self.step_dir(s)} is unusable ({reason}): skipped and deleted")
+                    shutil.rmtree(self.step_dir(s), ignore_errors=True)
+            if chosen < 0:
+                self.warn(f"no usable checkpoint in {self.directory}: starting from scratch")
+        chosen = distributed.broadcast_int(chosen)
+        distributed.barrier("jaxscale-checkpoint-choose")
+        self._mgr.reload()
+        if chosen < 0:
+            return None
+        return chosen, self.read_meta(chosen)
+
+    def restore_state(self, step: int, target: Any) -> Any:
+        """The ensemble state of ``step``; ``target`` is a pytree of ``jax.ShapeDtypeStruct`` (with
+        shardings) describing the saved state and where to put it."""
+        ocp = self._ocp
+        return self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+
+    def restore_curves(self, step: int) -> dict[str, np.ndarray]:
+        """The curves logged up to ``step`` (host arrays)."""
+        ocp = self._ocp
+        r = self._mgr.restore(step, args=ocp.args.Composite(curves=ocp.args.StandardRestore()))
+        return {k: np.asarray(v) for k, v in r["curves"].items()}
+
+
+def wipe(directory: str | Path) -> None:
+    """Delete a checkpoint directory (``--restart``); process 0 only, the others wait."""
+    if distributed.is_primary():
+        shutil.rmtree(directory, ignore_errors=True)
+    distributed.barrier("jaxscale-checkpoint-wipe")
