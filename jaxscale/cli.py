@@ -119,8 +119,8 @@ def _cmd_run(args) -> int:
         if not primary:
             return
         if ev["event"] == "resume":
-            say(f"jaxscale: resuming from checkpoint {ev['step']}: P={ev['P']} ({ev['P_index'] + 1}/{ev['n_P']}) "
-                f"after epoch {ev['epoch']}/{ev['epochs']}")
+            where = ("complete" if ev["epoch"] == ev["epochs"] else f"after epoch {ev['epoch']}/{ev['epochs']}")
+            say(f"jaxscale: resuming from checkpoint {ev['step']}: P={ev['P']} ({ev['P_index'] + 1}/{ev['n_P']}) {where}")
         elif printer is not None and ev["event"] in ("epoch", "log", "P_done"):
             printer(ev)
 

@@ -2,13 +2,15 @@
 
     python tests/slow_run.py SECONDS_PER_EPOCH run CONFIG --out DIR ...
 
-Identical to the CLI except that after every training epoch it prints ``EPOCH <P_index> <epoch>`` and
+Identical to the CLI except that it first prints ``PID <pid>`` (so a test can signal this process and not
+a ``timeout`` wrapper around it), and after every training epoch prints ``EPOCH <P_index> <epoch>`` and
 sleeps, through the public ``on_epoch`` hook of :func:`jaxscale.experiment.run` (state untouched). The
 tiny test runs take milliseconds per epoch: without this, a kill could not land mid-run reliably.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -29,5 +31,6 @@ def _slowed(run, seconds: float):
 
 
 if __name__ == "__main__":
+    print(f"PID {os.getpid()}", flush=True)
     experiment.run = _slowed(experiment.run, float(sys.argv[1]))
     sys.exit(main(sys.argv[2:]))

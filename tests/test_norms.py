@@ -24,6 +24,7 @@ from jaxscale.norms import (
     conv_operator,
     conv_operator_matrix,
     conv_power_iteration,
+    dense_block_power_iteration,
     dense_power_iteration,
     exact_norms,
     init_norm_state,
@@ -39,7 +40,7 @@ PAD0 = ((0, 0), (0, 0))
 # uses them, and much faster than op-by-op eager dispatch.
 norms_jit = jax.jit(compute_norms, static_argnums=(0, 1), static_argnames=("convention", "n_iter"))
 exact_jit = jax.jit(exact_norms, static_argnums=(0, 1), static_argnames=("convention",))
-init_jit = jax.jit(init_norm_state, static_argnums=(0, 3))
+init_jit = jax.jit(init_norm_state, static_argnums=(0, 3, 4))
 warm_jit = jax.jit(warm_up_norm_state, static_argnums=(0,),
                    static_argnames=("convention", "krylov_dim"))
 
@@ -364,6 +365,14 @@ def test_lanczos_converges_where_power_iteration_is_slow():
     # the Ritz vector is a converged state for the in-step power iteration
     s1, _ = dense_power_iteration(kmat, v_l, 1)
     assert abs(float(s1) / sv[0] - 1) <= 1e-5
+    # a patch-embedding conv (16 identical blocks: every singular value 16-fold) with a Krylov
+    # dimension far beyond the 9 distinct values: breakdown must end cleanly, not in NaN or junk
+    kernel = jnp.asarray(rng.normal(size=(4, 4, 3, 8)).astype(np.float32))
+    a = np_conv_matrix(kernel, (16, 16), (4, 4), PAD0)
+    apply, apply_t = conv_operator(kernel, (16, 16, 3), (4, 4), PAD0)
+    s_r, v_r = jax.jit(lambda v: lanczos_top(apply, apply_t, v, 129))(jnp.ones((16, 16, 3)))
+    assert np.all(np.isfinite(np.asarray(v_r)))
+    assert abs(float(s_r) / np_sigma(a) - 1) <= 1e-5
     # rank-2 matrix, Krylov space exhausted long before k steps
     low = (rng.normal(size=(6, 2)) @ rng.normal(size=(2, 9))).astype(np.float32)
     s_b, v_b = lanczos_top(lambda x: x @ jnp.asarray(low.T), lambda y: jnp.asarray(low.T) @ y,
@@ -471,7 +480,7 @@ def test_bartlett_measures_match_dense_operator_reference(family):
     for layer in layers:
         if layer.kind == "conv":
             cin = np_get(params, layer.path).shape[2]
-            assert state.vectors[layer.name].shape == layer.input_hw + (cin,)
+            assert state.vectors[layer.name].shape == (4,) + layer.input_hw + (cin,)
 
 
 def test_bartlett_differs_from_paper_on_convs():
@@ -571,7 +580,7 @@ def test_jit_compiles_once_and_warm_start_tracks_drifting_weights():
     for layer in layers:
         w = np_torch_matrix(layer, params)
         kmat = jnp.asarray(np.asarray(params[layer.path[0]]["kernel"]).reshape(-1, w.shape[0]))
-        s, _ = dense_power_iteration(kmat, state.vectors[layer.name], 1)
+        s, _ = dense_power_iteration(kmat, state.vectors[layer.name][0], 1)
         assert abs(float(s) / np_sigma(w) - 1) <= 1e-4, layer.name
 
 
@@ -597,14 +606,19 @@ def test_init_state_deterministic_unit_vectors():
         for name in a.vectors:
             np.testing.assert_array_equal(a.vectors[name], b.vectors[name])
             assert not np.allclose(a.vectors[name], c.vectors[name])
-            assert abs(float(jnp.linalg.norm(a.vectors[name])) - 1) <= 1e-5
+            blk = np.asarray(a.vectors[name]).reshape(a.vectors[name].shape[0], -1)
+            # a block of orthonormal rows, k = min(4, vector size)
+            assert blk.shape[0] == min(4, blk.shape[1])
+            np.testing.assert_allclose(blk @ blk.T, np.eye(blk.shape[0]), atol=1e-5)
     # Q, K, V of a block are distinct layers with distinct start vectors
     p = init_jit(layers, params, jax.random.PRNGKey(5), "paper")
-    assert p.vectors["block0/q"].shape == (8,)
+    assert p.vectors["block0/q"].shape == (4, 8)
     assert not np.allclose(p.vectors["block0/q"], p.vectors["block0/k"])
-    assert p.vectors["patch"].shape == (4 * 4 * 3,)
+    assert p.vectors["patch"].shape == (4, 4 * 4 * 3)
+    assert init_jit(layers, params, jax.random.PRNGKey(5), "paper", 1).vectors["patch"].shape == (
+        1, 4 * 4 * 3)
     assert init_jit(layers, params, jax.random.PRNGKey(5), "bartlett").vectors[
-        "patch"].shape == (8, 8, 3)
+        "patch"].shape == (4, 8, 8, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -635,3 +649,26 @@ def test_bad_inputs_raise_usage_error():
     other_layers, other_params = resnet_model(seed=0)
     with pytest.raises(UsageError, match="do not match"):
         compute_norms("resnet", other_layers, other_params, state)
+
+
+def test_block_power_iteration_follows_crossing_top_singular_values():
+    """Two top singular values cross (σ₁ ↔ σ₂ swap directions): a single carried vector keeps the
+    old direction and lags; a block of 4 with Rayleigh–Ritz picks the new top at once. σ stays a
+    lower bound."""
+    rng = np.random.default_rng(9)
+    u, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    v, _ = np.linalg.qr(rng.normal(size=(120, 40)))
+    step = jax.jit(dense_block_power_iteration, static_argnums=2)
+    blocks = {k: jnp.asarray(np.linalg.qr(rng.normal(size=(120, k)))[0].T, jnp.float32)
+              for k in (1, 4)}
+    errs = {1: [], 4: []}
+    for t in np.linspace(0.0, 1.0, 30):
+        s = np.concatenate([[1.0 - 0.1 * t, 0.9 + 0.1 * t, 0.8], 0.3 * 0.9 ** np.arange(37)])
+        w = (u * s) @ v.T  # [fan_out, fan_in]
+        true = np_sigma(w)
+        for k in (1, 4):
+            sigma, blocks[k] = step(jnp.asarray(w.T, jnp.float32), blocks[k], 1)
+            assert float(sigma) <= true * (1 + 1e-6)
+            errs[k].append(abs(float(sigma) / true - 1))
+    assert max(errs[4][5:]) <= 1e-5, max(errs[4][5:])
+    assert max(errs[1][5:]) > 1e-3  # the single vector is stuck on the old top direction

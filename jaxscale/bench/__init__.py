@@ -13,10 +13,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t = sub.add_parser("throughput", help="img/s: one seed, S seeds sequentially, S seeds as one ensemble; MFU")
     t.add_argument("--model", default="cnn", choices=("cnn", "resnet", "vit"))
     t.add_argument("--dataset", default="cifar10", choices=("digits", "mnist", "cifar10", "cifar100"))
+    t.add_argument("--preset", default=None, help="model preset (default: the dataset's)")
     t.add_argument("--seeds", type=int, default=8)
-    t.add_argument("--P", type=int, default=512, help="training samples per epoch timed (default 512)")
+    t.add_argument("--P", type=int, default=512, help="training samples per timed epoch (default 512)")
+    t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"))
-    t.add_argument("--strategies", default="auto", help="comma-separated: auto,vmap,loop")
+    t.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
+    t.add_argument("--strategies", default="candidates",
+                   help="ensemble strategies to time: 'candidates' (every candidate of auto, default), 'auto' "
+                        "(only the one auto picks), or a comma-separated list of vmap,loop,sequential,chunk:K")
+    t.add_argument("--calib-steps", type=int, default=2, help="steps per seed of auto's calibration epoch")
+    t.add_argument("--ensemble", default="auto",
+                   help="strategy behind img_s_ensemble: auto (calibrated, default) or one strategy (no calibration)")
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_throughput)
@@ -34,8 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     e = sub.add_parser("experiment", help="projected wall time of a whole config on this device")
     e.add_argument("config")
-    e.add_argument("--P-measure", type=int, default=512, help="P of the short measured run")
+    e.add_argument("--P-measure", type=int, default=512, help="P of the short measured run (rounded to whole batches)")
     e.add_argument("--seeds", type=int, help="override train.seeds")
+    e.add_argument("--seeds-measure", type=int, default=0,
+                   help="measure the ensemble with this many seeds and scale (default: all)")
+    e.add_argument("--repeats", type=int, default=1, help="timed epochs/evaluations after the compiling one")
     e.add_argument("--no-sequential", action="store_true", help="skip the one-seed-at-a-time projection")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_experiment)
@@ -50,11 +61,15 @@ def _positive(name, v):
 
 def _throughput(args) -> int:
     from jaxscale.bench.throughput import format_throughput, throughput
+    from jaxscale.train.ensemble import check_strategy
 
-    for k in ("seeds", "P", "repeats"):
-        _positive(f"--{k}", getattr(args, k))
+    for k in ("seeds", "P", "repeats", "batch_size", "calib_steps"):
+        _positive(f"--{k.replace('_', '-')}", getattr(args, k))
+    strategies = None if args.strategies == "candidates" else tuple(
+        check_strategy(s) for s in args.strategies.split(",") if s)
     r = throughput(args.model, args.dataset, seeds=args.seeds, P=args.P, precision=args.precision,
-                   repeats=args.repeats, strategies=tuple(s for s in args.strategies.split(",") if s))
+                   repeats=args.repeats, strategies=strategies, preset=args.preset, batch_size=args.batch_size,
+                   conv_impl=args.conv_impl, calib_steps=args.calib_steps, ensemble=check_strategy(args.ensemble))
     print(json.dumps(r, indent=2) if args.json else format_throughput(r))
     return 0
 
@@ -74,8 +89,12 @@ def _experiment(args) -> int:
     from jaxscale.bench.experiment import format_projection, project
     from jaxscale.config import load_config
 
-    _positive("--P-measure", args.P_measure)
+    for k in ("P_measure", "repeats"):
+        _positive(f"--{k.replace('_', '-')}", getattr(args, k))
+    if args.seeds_measure < 0:
+        _positive("--seeds-measure", args.seeds_measure)
     cfg = load_config(args.config, {"train.seeds": args.seeds} if args.seeds else None)
-    r = project(cfg, P_measure=args.P_measure, sequential=not args.no_sequential)
+    r = project(cfg, P_measure=args.P_measure, repeats=args.repeats, sequential=not args.no_sequential,
+                seeds_measure=args.seeds_measure)
     print(json.dumps(r, indent=2) if args.json else format_projection(r))
     return 0

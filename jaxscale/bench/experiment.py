@@ -1,79 +1,149 @@
 """``jaxscale bench experiment CONFIG``: the projected wall time of a whole config on this device.
 
-A short measured run of the config's real programs (its model, seeds, strategy, norms; synthetic
-pixels of the dataset's exact shape for MNIST/CIFAR) gives the time of one training epoch and one
-evaluation at a measured P; both scale linearly (training with P, evaluation with P + test-set size).
-The projection sums them over all P, the epochs and the logged epochs — for the ensemble program and
-for the same seeds trained one after another with the S=1 program.
+A short measured run of the config's real programs (its model, seeds, precision, norms, batch size,
+and the ensemble strategy a run would use — calibrated exactly as a run calibrates it) times:
+
+* one training epoch at a measured P (a multiple of the batch size), after compiling it;
+* one logged-epoch evaluation (train subset + test set, in ``eval_batch_size`` chunks, norms read)
+  over a shortened test set;
+* the compilation of the epoch and evaluation programs and the initialisation of the seeds.
+
+The projection then adds up what the config will do: for every P, compile + init once, ``epochs``
+training epochs (time proportional to P: every epoch is ``P / batch`` steps of the same program) and
+one evaluation per logged epoch (time proportional to the number of evaluation chunks, from P and the
+real test-set size), plus the calibration. The same is projected for training the seeds one at a time
+with the one-seed program (compiled once per P, run S times). Pixels are synthetic for MNIST/CIFAR
+shapes (speed does not depend on them); ``digits`` is the real bundled set.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxscale.bench.common import DATASET_SHAPES, synthetic_dataset
+from jaxscale.bench.common import DATASET_SHAPES, machine_info, synthetic_dataset
 
 
-def _measure(exp, S: int, P: int, repeats: int) -> tuple[float, float]:
-    """Median seconds of one training epoch and of one logged-epoch evaluation, S seeds at size P."""
+def _measure(exp, strategy: str, S: int, P: int, n_test: int, repeats: int) -> dict:
+    """Seconds of: compile (epoch + eval), init, one training epoch (median of ``repeats`` after one
+    warm-up), one evaluation over P train + ``n_test`` test images (median), for ``S`` seeds."""
+    from jaxscale.data.sampling import subset_indices
+    from jaxscale.train import step as step_lib
+    from jaxscale.train.ensemble import epoch_program
     from jaxscale.train.loop import make_programs, stacked_seed_keys
+    from jaxscale.train.precision import precision_context
 
-    progs = make_programs(exp)
-    keys = stacked_seed_keys(range(S))
+    cfg = exp.cfg
     ds = exp.dataset
-    x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train)
-    xt, yt = jax.device_put(ds.x_test), jax.device_put(ds.y_test)
-    states = progs["init"](keys["init"], keys["train"], keys["norms"])
-    subsets = progs["subsets"](keys["data"], ds.n_train, P)
-    ep, ev = [], []
-    for i in range(repeats + 1):  # the first round compiles
+    bs = cfg.train.batch_size
+    keys = stacked_seed_keys(range(S))
+    x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train.astype(np.int32))
+    xt, yt = jax.device_put(ds.x_test[:n_test]), jax.device_put(ds.y_test[:n_test].astype(np.int32))
+    # The evaluation program of the run itself (make_programs), built for S seeds and a vmap/loop
+    # strategy (evaluation is forward-only; its strategy matters little next to training).
+    ev_strategy = strategy if strategy in ("vmap", "loop") else "loop"
+    exp_eval = dataclasses.replace(exp, strategy=ev_strategy,
+                                   cfg=dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=S)))
+    with precision_context(cfg.train.precision):
         t0 = time.perf_counter()
-        states, m = progs["epoch"](states, subsets, x, y, jnp.int32(i + 1))
-        jax.block_until_ready(m)
-        t1 = time.perf_counter()
-        out, states = progs["eval"](states, subsets, x, y, xt, yt, jnp.int32(i + 1))
-        jax.block_until_ready(out)
-        t2 = time.perf_counter()
-        if i:
-            ep.append(t1 - t0)
-            ev.append(t2 - t1)
-    return statistics.median(ep), statistics.median(ev)
+        init = jax.jit(jax.vmap(functools.partial(step_lib.init_state, exp.fns)))
+        states = init(keys["init"], keys["train"], keys["norms"])
+        subsets = jax.jit(jax.vmap(functools.partial(subset_indices, n_train=ds.n_train, P=P)))(keys["data"])
+        jax.block_until_ready((states, subsets))
+        init_s = time.perf_counter() - t0
+        epoch = epoch_program(exp.fns, bs, strategy, S)
+        evaluate = make_programs(exp_eval)["eval"]
+        ep, ev = [], []
+        for i in range(repeats + 1):  # round 0 compiles (and warms)
+            t0 = time.perf_counter()
+            states, m = epoch(states, subsets, x, y, jnp.int32(i + 1))
+            jax.block_until_ready(m)
+            t1 = time.perf_counter()
+            out, states = evaluate(states, subsets, x, y, xt, yt, jnp.int32(i + 1))
+            jax.block_until_ready(out)
+            t2 = time.perf_counter()
+            if i:
+                ep.append(t1 - t0)
+                ev.append(t2 - t1)
+            else:
+                first = (t1 - t0, t2 - t1)
+    epoch_s, eval_s = statistics.median(ep), statistics.median(ev)
+    # the first round's excess over a warm round is compilation (and first-touch allocation)
+    compile_s = max(0.0, first[0] - epoch_s) + max(0.0, first[1] - eval_s)
+    return {"epoch_s": epoch_s, "eval_s": eval_s, "compile_s": compile_s, "init_s": init_s,
+            "epoch_samples_s": ep, "eval_samples_s": ev}
 
 
-def project(cfg, *, P_measure: int = 512, repeats: int = 2, sequential: bool = True) -> dict:
+def project(cfg, *, P_measure: int = 512, repeats: int = 1, sequential: bool = True, n_test_measure: int = 0,
+            seeds_measure: int = 0) -> dict:
+    """Projected wall time of ``cfg`` (see the module docstring). ``n_test_measure``: test images in
+    the measured evaluation (default ``2 * eval_batch_size``); ``seeds_measure``: measure the ensemble
+    with this many seeds and scale the time by ``S / seeds_measure`` (0 = all S; scaling is exact for
+    ``loop``/``sequential``, an upper bound for ``vmap``, which gains from more seeds)."""
+    from jaxscale.train.ensemble import choose_strategy
     from jaxscale.train.loop import build_experiment
 
     name = cfg.data.dataset
-    n_test = DATASET_SHAPES[name][3] if name in DATASET_SHAPES else None
-    P_measure = min(P_measure, min(cfg.train.P))
-    ds = synthetic_dataset(name, n_train=max(max(cfg.train.P), P_measure), n_test=n_test or 1000)
-    n_test = ds.x_test.shape[0]
+    bs = cfg.train.batch_size
+    ebs = cfg.data.eval_batch_size
+    S, T = cfg.train.seeds, cfg.train.epochs
+    # measured P: a multiple of the batch size (whole steps), at most the smallest P of the config
+    P_measure = max(bs, min(P_measure, min(cfg.train.P)) // bs * bs) if min(cfg.train.P) >= bs else min(cfg.train.P)
+    n_test_real = DATASET_SHAPES[name][3] if name in DATASET_SHAPES else None
+    n_test_measure = n_test_measure or 2 * ebs
+    ds = synthetic_dataset(name, n_train=max(max(cfg.train.P), P_measure), n_test=n_test_measure)
+    n_test_real = n_test_real or ds.x_test.shape[0]
+    n_test_measure = min(n_test_measure, ds.x_test.shape[0])
     cfg_m = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, P=(P_measure,)))
     exp = build_experiment(cfg_m, ds)
-    S, T = cfg.train.seeds, cfg.train.epochs
     n_log = len(exp.epochs_logged)
+    S_m = min(S, seeds_measure) if seeds_measure else S
+    total_images = S * sum(cfg.train.P) * T
 
-    def total(epoch_s, eval_s):
-        return sum(T * epoch_s * P / P_measure + n_log * eval_s * (P + n_test) / (P_measure + n_test)
-                   for P in cfg.train.P)
+    t0 = time.perf_counter()
+    choice = choose_strategy(cfg.parallel.ensemble, exp.fns, bs, S_m, ds.x_train, ds.y_train,
+                             precision=cfg.train.precision, total_images=total_images)
+    calibration_s = time.perf_counter() - t0
 
-    ens_epoch, ens_eval = _measure(exp, S, P_measure, repeats)
+    def chunks(P, n_test):
+        return math.ceil(P / ebs) + math.ceil(n_test / ebs)
+
+    def total(m, n_seeds_scale):
+        per_P = []
+        for P in cfg.train.P:
+            train = T * m["epoch_s"] * P / P_measure
+            ev = n_log * m["eval_s"] * chunks(P, n_test_real) / chunks(P_measure, n_test_measure)
+            per_P.append(m["compile_s"] + m["init_s"] + n_seeds_scale * (train + ev))
+        return per_P
+
+    ens = _measure(exp, choice.strategy, S_m, P_measure, n_test_measure, repeats)
+    per_P_ens = total(ens, S / S_m)
     res = {
-        "config": cfg.name, "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-        "seeds": S, "epochs": T, "P": list(cfg.train.P), "logged_epochs": n_log, "P_measure": P_measure,
-        "ensemble_strategy": exp.strategy,
-        "ensemble_epoch_s": ens_epoch, "ensemble_eval_s": ens_eval,
-        "projected_ensemble_s": total(ens_epoch, ens_eval),
+        "config": cfg.name, **machine_info(),
+        "seeds": S, "epochs": T, "P": list(cfg.train.P), "logged_epochs": n_log, "batch_size": bs,
+        "precision": cfg.train.precision, "P_measure": P_measure, "n_test_measure": n_test_measure,
+        "n_test": n_test_real, "seeds_measured": S_m, "repeats": repeats,
+        "ensemble_strategy": choice.strategy, "ensemble_choice": choice.as_dict(),
+        "ensemble_epoch_s": ens["epoch_s"], "ensemble_eval_s": ens["eval_s"],
+        "ensemble_compile_s": ens["compile_s"], "ensemble_init_s": ens["init_s"],
+        "calibration_s": calibration_s,
+        "projected_ensemble_per_P_s": per_P_ens,
+        "projected_ensemble_s": sum(per_P_ens) + calibration_s,
     }
+    res["projected_ensemble_h"] = res["projected_ensemble_s"] / 3600
     if sequential:
-        one_epoch, one_eval = _measure(exp, 1, P_measure, repeats)
-        res.update(single_epoch_s=one_epoch, single_eval_s=one_eval,
-                   projected_sequential_s=S * total(one_epoch, one_eval))
+        one = _measure(exp, "vmap", 1, P_measure, n_test_measure, repeats)
+        per_P_seq = total(one, S)
+        res.update(single_epoch_s=one["epoch_s"], single_eval_s=one["eval_s"], single_compile_s=one["compile_s"],
+                   projected_sequential_per_P_s=per_P_seq, projected_sequential_s=sum(per_P_seq))
+        res["projected_sequential_h"] = res["projected_sequential_s"] / 3600
         res["speedup"] = res["projected_sequential_s"] / res["projected_ensemble_s"]
     return res
 
@@ -81,15 +151,18 @@ def project(cfg, *, P_measure: int = 512, repeats: int = 2, sequential: bool = T
 def format_projection(r: dict) -> str:
     from jaxscale.progress import fmt_duration
 
+    scaled = f", measured with {r['seeds_measured']} seeds and scaled" if r["seeds_measured"] != r["seeds"] else ""
     lines = [
-        f"{r['config']}: {len(r['P'])} P × {r['seeds']} seeds × {r['epochs']} epochs ({r['logged_epochs']} logged) "
-        f"on {r['backend']} ({r['device']}), measured at P={r['P_measure']}",
-        f"  ensemble ({r['ensemble_strategy']}): epoch {r['ensemble_epoch_s']:.3f} s, eval {r['ensemble_eval_s']:.3f} s "
-        f"-> projected {fmt_duration(r['projected_ensemble_s'])} ({r['projected_ensemble_s'] / 3600:.2f} h)",
+        f"{r['config']}: {len(r['P'])} P × {r['seeds']} seeds × {r['epochs']} epochs ({r['logged_epochs']} logged), "
+        f"{r['precision']}, on {r['backend']} ({r['device']}), load {r['load_average_1_5_15']}; "
+        f"measured at P={r['P_measure']}{scaled}",
+        f"  ensemble ({r['ensemble_strategy']}, {r['ensemble_choice']['reason']}): epoch {r['ensemble_epoch_s']:.3f} s, "
+        f"eval {r['ensemble_eval_s']:.3f} s, compile {r['ensemble_compile_s']:.1f} s "
+        f"-> projected {fmt_duration(r['projected_ensemble_s'])} ({r['projected_ensemble_h']:.2f} h)",
     ]
     if "projected_sequential_s" in r:
         lines.append(
             f"  one seed at a time: epoch {r['single_epoch_s']:.3f} s, eval {r['single_eval_s']:.3f} s "
-            f"-> projected {fmt_duration(r['projected_sequential_s'])} ({r['projected_sequential_s'] / 3600:.2f} h); "
+            f"-> projected {fmt_duration(r['projected_sequential_s'])} ({r['projected_sequential_h']:.2f} h); "
             f"ensemble is {r['speedup']:.2f}x faster")
     return "\n".join(lines)

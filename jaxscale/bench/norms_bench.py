@@ -21,8 +21,9 @@ from jaxscale.bench.common import bench_config, build_bench_experiment
 def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int = 8, steps: int = 4,
                    repeats: int = 5, power_iterations: int = 1, convention: str = "paper",
                    ensemble: str = "auto") -> dict:
-    from jaxscale.bench.throughput import _epoch_runner
+    from jaxscale.bench.common import epoch_runner
     from jaxscale.norms import exact_norms
+    from jaxscale.train.ensemble import choose_strategy
 
     P = steps * 128
     runners, exps = {}, {}
@@ -32,7 +33,10 @@ def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int =
             cfg.norms, power_iterations=power_iterations, convention=convention))
         exp = build_bench_experiment(cfg, dataset, n_train=max(P, 1024))
         exps[name] = exp
-        runners[name] = _epoch_runner(exp, seeds, exp.strategy)
+        if name == "no_norms":  # the strategy a run would use (both variants use the same one)
+            strategy = choose_strategy(ensemble, exp.fns, 128, seeds, exp.dataset.x_train, exp.dataset.y_train,
+                                       precision=cfg.train.precision).strategy
+        runners[name] = epoch_runner(exp, seeds, strategy, P)
         jax.block_until_ready(runners[name]())  # compile
         jax.block_until_ready(runners[name]())  # warm
     times = {k: [] for k in runners}
@@ -61,7 +65,7 @@ def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int =
     svd_s = statistics.median(svd_times)
     return {
         "model": model, "dataset": dataset, "seeds": seeds, "batch_size": 128,
-        "power_iterations": power_iterations, "convention": convention, "ensemble": exps["no_norms"].strategy,
+        "power_iterations": power_iterations, "convention": convention, "ensemble": strategy,
         "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
         "step_s": step_s, "step_with_norms_s": step_n, "overhead_fraction": step_n / step_s - 1.0,
         "svd_s": svd_s, "svd_over_step": svd_s / step_s,

@@ -1,122 +1,223 @@
-"""``jaxscale bench throughput``: training images/s of one seed, S seeds one after another, and S
-seeds as one ensemble program — same step, same code — plus FLOPs/image and MFU against a matmul
-peak measured in the same run."""
+"""``jaxscale bench throughput``: training images/s of one seed, of S seeds one after another, and of
+S seeds as one ensemble — same step, same code — plus FLOPs/image and MFU against a matmul peak
+measured in the same run.
+
+* **one seed**: ``jax.jit`` of the single-seed epoch (:func:`jaxscale.train.step.train_epoch`) on an
+  unbatched state — no seed axis at all.
+* **sequential**: that same compiled program called once per seed, each seed with its own state
+  (the most favourable way to train seeds one at a time: no stacking, no copies).
+* **ensemble**: the epoch program of every strategy in ``strategies`` on a stacked state
+  (:func:`jaxscale.train.ensemble.epoch_program`); ``img_s_ensemble`` is the rate of the strategy
+  that ``"auto"`` picks by its short calibration (:func:`~jaxscale.train.ensemble.choose_strategy`),
+  measured at the benchmark's P like the others — not the best one in hindsight.
+
+All timed programs — and a large matmul, the MFU reference — run interleaved (round-robin, median
+over ``repeats`` rounds) so that load from other processes on a shared machine hits them alike;
+ratios (``ensemble_over_sequential``, ``mfu``, ``single_seed_mfu``) are medians of per-round ratios. FLOPs per image come from XLA's cost analysis
+of ONE compiled single-seed train step (not of the epoch: cost analysis counts a ``while``/``scan``
+body once, whatever the trip count), divided by the batch size; for the CNN it is checked against a
+count by hand (:func:`arithmetic_flops_per_image`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import statistics
+import time
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscale.bench.common import bench_config, build_bench_experiment, matmul_peak_flops, time_fn
-
-
-def _epoch_runner(exp, S: int, strategy: str, programs=None, first_seed: int = 0):
-    """A zero-argument function running one epoch of an S-seed ensemble (state carried across calls).
-    Pass ``programs`` to share compiled programs between runners."""
-    from jaxscale.train.loop import make_programs, stacked_seed_keys
-
-    exp = dataclasses.replace(exp, strategy=strategy)
-    progs = programs or make_programs(exp)
-    keys = stacked_seed_keys(range(first_seed, first_seed + S))
-    P = exp.cfg.train.P[0]
-    x, y = jax.device_put(exp.dataset.x_train), jax.device_put(exp.dataset.y_train)
-    box = {"states": progs["init"](keys["init"], keys["train"], keys["norms"]),
-           "subsets": progs["subsets"](keys["data"], exp.dataset.n_train, P), "epoch": 0}
-
-    def run():
-        box["epoch"] += 1
-        box["states"], m = progs["epoch"](box["states"], box["subsets"], x, y, jnp.int32(box["epoch"]))
-        return m["loss"]
-
-    run.programs = progs
-    return run
+from jaxscale.bench.common import bench_config, build_bench_experiment, machine_info, matmul_peak_runner
 
 
 def step_flops_per_image(exp) -> float:
-    """FLOPs of one single-seed train step (XLA cost analysis of the compiled step) per image."""
+    """FLOPs of one single-seed train step (XLA cost analysis of the compiled step) per image,
+    norm update and optimiser included; NaN if the backend reports none."""
+    from jaxscale.train.precision import precision_context
     from jaxscale.train.state import seed_keys
     from jaxscale.train.step import init_state, train_step
 
     k = seed_keys(0)
-    state = init_state(exp.fns, k["init"], k["train"], k["norms"])
     bs = exp.cfg.train.batch_size
-    xb = jnp.asarray(exp.dataset.x_train[:bs])
-    yb = jnp.asarray(exp.dataset.y_train[:bs])
-    compiled = jax.jit(functools.partial(train_step, exp.fns)).lower(state, xb, yb).compile()
+    with precision_context(exp.cfg.train.precision):
+        state = jax.eval_shape(functools.partial(init_state, exp.fns), k["init"], k["train"], k["norms"])
+        xb = jax.ShapeDtypeStruct((bs, *exp.dataset.x_train.shape[1:]), exp.dataset.x_train.dtype)
+        yb = jax.ShapeDtypeStruct((bs,), jnp.int32)
+        compiled = jax.jit(functools.partial(train_step, exp.fns)).lower(state, xb, yb).compile()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
-        cost = cost[0]
+        cost = cost[0] if cost else None
     return float(cost.get("flops", float("nan"))) / bs if cost else float("nan")
 
 
-def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 1024, precision: str = "fp32",
-               repeats: int = 3, strategies=("auto",), norms_every: int = 1, preset=None) -> dict:
+def arithmetic_flops_per_image(spec) -> Optional[float]:
+    """Train-step FLOPs per image of the paper's CNN counted by hand (None for other families).
+
+    Forward: 2 FLOPs per multiply-accumulate of every conv (3×3, 'same') and Linear. Backward: the
+    input gradient and the weight gradient each cost one forward's MACs, except that the first layer
+    needs no input gradient. Elementwise work (ReLU, pooling, bias, loss, optimiser, norms) is not
+    counted, so XLA's figure is expected a few per cent higher."""
+    if spec.family != "cnn":
+        return None
+    hyper = spec.hyper
+    h, w, c = spec.input_shape
+    macs = []
+    for i, width in enumerate(hyper["convs"]):
+        macs.append(h * w * 9 * c * width)
+        c = width
+        if (i + 1) % hyper["pool_every"] == 0:
+            h, w = h // 2, w // 2
+    feat = h * w * c
+    for width in tuple(hyper["mlp"]) + (spec.num_classes,):
+        macs.append(feat * width)
+        feat = width
+    return 2.0 * (3 * sum(macs) - macs[0])
+
+
+def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 512, precision: str = "fp32",
+               repeats: int = 3, strategies: Optional[Sequence[str]] = None, norms_every: int = 1,
+               preset: Optional[str] = None, batch_size: int = 128, conv_impl: str = "auto",
+               calib_steps: int = 2, ensemble: str = "auto") -> dict:
     """Measure, in one run: img/s of one seed, of ``seeds`` seeds trained one after another with the
-    S=1 program, and of the ensemble program for each strategy. Returns the JSON-able result."""
-    from jaxscale.train.ensemble import resolve_strategy
+    one-seed program, and of the ensemble program for each strategy (default: the candidates of
+    ``"auto"`` on this backend) plus the strategy ``"auto"`` calibrates to. ``ensemble`` other than
+    ``"auto"`` imposes the strategy behind ``img_s_ensemble`` (no calibration), as ``parallel.ensemble``
+    does in a run. Returns the JSON-able result (see the module docstring and ``format_throughput``)."""
+    from jaxscale.data.sampling import subset_indices
+    from jaxscale.train import step as step_lib
+    from jaxscale.train.ensemble import StrategyCache, check_strategy, choose_strategy, default_candidates
+    from jaxscale.train.ensemble import epoch_program
+    from jaxscale.train.loop import stacked_seed_keys
+    from jaxscale.train.precision import precision_context
 
+    info = machine_info()
     cfg = bench_config(model, dataset, seeds=seeds, P=P, precision=precision, norms_every=norms_every,
-                       preset=preset)
+                       preset=preset, batch_size=batch_size, conv_impl=conv_impl)
     exp = build_bench_experiment(cfg, dataset, n_train=max(P, 2048))
-    dtype = {"fp32": jnp.float32, "tf32": jnp.float32, "bf16": jnp.bfloat16}[precision]
-    peak = matmul_peak_flops(dtype)
+    ds = exp.dataset
+    # None: every candidate of "auto"; ("auto",): only the strategy auto picks
+    strategies = [check_strategy(s) for s in (default_candidates(seeds) if strategies is None else strategies)
+                  if s != "auto"]
+    x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train.astype(np.int32))
 
-    single = _epoch_runner(exp, 1, "vmap")
-    t_single = time_fn(single, repeats)
-    # S seeds one after another: the S=1 program called S times per "ensemble epoch".
-    runners = [single] + [_epoch_runner(exp, 1, "vmap", single.programs, s) for s in range(1, seeds)]
-    for r in runners[1:]:
-        jax.block_until_ready(r())  # warm: same compiled program, separate states
-    t_seq = time_fn(lambda: [r() for r in runners], repeats)
+    # "auto" exactly as a run resolves it (fresh cache: always calibrate here), before the timed
+    # programs exist so that its own state is freed first.
+    choice = choose_strategy(ensemble, exp.fns, batch_size, seeds, ds.x_train, ds.y_train, precision=precision,
+                             cache=StrategyCache(), calib_steps=calib_steps)
+    if choice.strategy not in strategies:
+        strategies.append(choice.strategy)
 
-    ens = {}
-    for strat in strategies:
-        resolved = resolve_strategy(strat, exp.spec.family)
-        if resolved in ens:
-            continue
-        t = time_fn(_epoch_runner(exp, seeds, resolved), repeats)
-        ens[resolved] = {"img_s": seeds * P / t.median_s, "epoch_s": t.median_s, "compile_s": t.compile_s}
-    best = max(ens, key=lambda k: ens[k]["img_s"])
-    auto = resolve_strategy("auto", exp.spec.family)
+    with precision_context(precision):
+        keys = stacked_seed_keys(range(seeds))
+        init = jax.jit(jax.vmap(functools.partial(step_lib.init_state, exp.fns)))
+        subs = jax.jit(jax.vmap(functools.partial(subset_indices, n_train=ds.n_train, P=P)))(keys["data"])
+        one = jax.jit(functools.partial(step_lib.train_epoch, exp.fns, batch_size), donate_argnums=(0,))
+        stacked = init(keys["init"], keys["train"], keys["norms"])
+        per_seed = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(seeds)]
+        box = {"seq": per_seed, "ens": stacked, "epoch": 0}
+        progs = {s: epoch_program(exp.fns, batch_size, s, seeds) for s in strategies}
+
+        def run_single():
+            box["epoch"] += 1
+            box["seq"][0], m = one(box["seq"][0], subs[0], x, y, jnp.int32(box["epoch"]))
+            return m
+
+        def run_sequential():
+            box["epoch"] += 1
+            ms = []
+            for i in range(seeds):
+                box["seq"][i], m = one(box["seq"][i], subs[i], x, y, jnp.int32(box["epoch"]))
+                ms.append(m)
+            return ms
+
+        def run_ensemble(s):
+            box["epoch"] += 1
+            box["ens"], m = progs[s](box["ens"], subs, x, y, jnp.int32(box["epoch"]))
+            return m
+
+        runners = {"single": run_single, "sequential": run_sequential,
+                   **{f"ensemble:{s}": functools.partial(run_ensemble, s) for s in strategies}}
+        compile_s, times = {}, {k: [] for k in runners}
+        for k, r in runners.items():  # first call: compile (+ run); second: warm
+            t0 = time.perf_counter()
+            jax.block_until_ready((r(), box["ens"]))
+            compile_s[k] = time.perf_counter() - t0
+            jax.block_until_ready((r(), box["ens"]))
+        peak_run = matmul_peak_runner(precision)
+        peaks = []
+        # Round-robin: every round times everything once, the matmul peak included, so each round's
+        # ratios compare measurements taken seconds apart (the load of a shared machine changes
+        # over minutes); figures are medians over rounds, ratios medians of per-round ratios.
+        for _ in range(repeats):
+            peaks.append(peak_run())
+            for k, r in runners.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready((r(), box["ens"], box["seq"]))
+                times[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    peak_round = [max(p.values()) for p in peaks]
+    ens = {s: {"img_s": seeds * P / med[f"ensemble:{s}"], "epoch_s": med[f"ensemble:{s}"],
+               "samples_s": times[f"ensemble:{s}"], "compile_s": compile_s[f"ensemble:{s}"]} for s in strategies}
     flops_img = step_flops_per_image(exp)
-    img_s_ens = ens[auto]["img_s"] if auto in ens else ens[best]["img_s"]
+    flops_arith = arithmetic_flops_per_image(exp.spec)
+    img_s_single = P / med["single"]
+    img_s_seq = seeds * P / med["sequential"]
+    img_s_ens = ens[choice.strategy]["img_s"]
     achieved = flops_img * img_s_ens
+    peak_flops = statistics.median(peak_round)
+    ens_key = f"ensemble:{choice.strategy}"
+    ratio = statistics.median(ts / te for ts, te in zip(times["sequential"], times[ens_key]))
+    mfu = statistics.median(flops_img * seeds * P / te / pk for te, pk in zip(times[ens_key], peak_round))
+    mfu1 = statistics.median(flops_img * P / t1 / pk for t1, pk in zip(times["single"], peak_round))
     return {
         "model": model, "preset": cfg.model.preset, "dataset": dataset, "precision": precision, "seeds": seeds, "P": P,
-        "batch_size": cfg.train.batch_size, "backend": jax.default_backend(),
-        "device": str(jax.devices()[0].device_kind), "norms_every": norms_every,
-        "img_s_single": P / t_single.median_s,
-        "img_s_sequential": seeds * P / t_seq.median_s,
+        "batch_size": batch_size, "conv_impl": exp.spec.hyper.get("conv_impl", conv_impl),
+        "norms_every": norms_every, "repeats": repeats, **info,
+        "img_s_single": img_s_single,
+        "img_s_sequential": img_s_seq,
         "img_s_ensemble": img_s_ens,
-        "ensemble_strategy": auto if auto in ens else best,
+        "ensemble_strategy": choice.strategy,
+        "ensemble_choice": choice.as_dict(),
         "ensemble_by_strategy": ens,
-        "ensemble_over_sequential": img_s_ens / (seeds * P / t_seq.median_s),
+        "best_strategy_in_hindsight": max(ens, key=lambda s: ens[s]["img_s"]),
+        "ensemble_over_sequential": ratio,
         "flops_per_img": flops_img,
+        "flops_per_img_arithmetic": flops_arith,
         "achieved_flops": achieved,
-        "peak_flops": peak,
-        "mfu": achieved / peak,
-        "single_seed_mfu": flops_img * (P / t_single.median_s) / peak,
+        "peak_flops": peak_flops,
+        "peak_by_source": {k: statistics.median(p[k] for p in peaks) for k in peaks[0]},
+        "mfu": mfu,
+        "single_seed_achieved_flops": flops_img * img_s_single,
+        "single_seed_mfu": mfu1,
+        "samples_s": {"single": times["single"], "sequential": times["sequential"], "peak_flops": peak_round},
+        "compile_s": compile_s,
     }
 
 
 def format_throughput(r: dict) -> str:
+    S = r["seeds"]
     lines = [
-        f"{r['model']}/{r['preset']} on {r['dataset']}-shaped data, {r['precision']}, batch {r['batch_size']}, P={r['P']}, "
-        f"{r['backend']} ({r['device']})",
-        f"  one seed                      {r['img_s_single']:>10,.0f} img/s",
-        f"  {r['seeds']} seeds one after another   {r['img_s_sequential']:>10,.0f} img/s",
+        f"{r['model']}/{r['preset']} on {r['dataset']}-shaped data, {r['precision']}, batch {r['batch_size']}, "
+        f"P={r['P']}, conv {r['conv_impl']}, {r['backend']} ({r['device']}), load {r['load_average_1_5_15']}",
+        f"  one seed                        {r['img_s_single']:>10,.0f} img/s",
+        f"  {S} seeds one after another     {r['img_s_sequential']:>10,.0f} img/s",
     ]
     for k, v in r["ensemble_by_strategy"].items():
-        lines.append(f"  {r['seeds']} seeds ensemble ({k:>4})      {v['img_s']:>10,.0f} img/s")
+        mark = "  <- auto" if k == r["ensemble_strategy"] else ""
+        lines.append(f"  {S} seeds ensemble {k:>12}   {v['img_s']:>10,.0f} img/s{mark}")
+    c = r["ensemble_choice"]
+    cal = ", ".join(f"{k} {v:.3g}s" if isinstance(v, float) else f"{k} ({v})" for k, v in c["timings_s"].items())
+    arith = r["flops_per_img_arithmetic"]
     lines += [
-        f"  ensemble / sequential          {r['ensemble_over_sequential']:>10.2f}x  (strategy {r['ensemble_strategy']})",
-        f"  FLOPs per image (train step)   {r['flops_per_img']:>10.3g}",
-        f"  achieved                       {r['achieved_flops']:>10.3g} FLOP/s",
-        f"  matmul peak (measured now)     {r['peak_flops']:>10.3g} FLOP/s",
-        f"  MFU ensemble / one seed        {r['mfu']:>10.1%} / {r['single_seed_mfu']:.1%}",
+        f"  auto: {c['strategy']} ({c['reason']}; calibration {cal})",
+        f"  ensemble / sequential            {r['ensemble_over_sequential']:>10.2f}x",
+        f"  FLOPs per image (XLA, one step)  {r['flops_per_img']:>10.4g}"
+        + (f"   (by hand: {arith:.4g}, XLA/hand {r['flops_per_img'] / arith:.3f})" if arith else ""),
+        f"  achieved (ensemble)              {r['achieved_flops']:>10.3g} FLOP/s",
+        f"  matmul peak (measured now)       {r['peak_flops']:>10.3g} FLOP/s",
+        f"  MFU ensemble / one seed          {r['mfu']:>10.1%} / {r['single_seed_mfu']:.1%}",
     ]
     return "\n".join(lines)

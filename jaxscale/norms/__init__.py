@@ -8,7 +8,7 @@ Two conventions (see :mod:`jaxscale.norms.measures` for the exact formulas):
 
 In-graph use (pure, jittable, vmappable over a leading seed axis)::
 
-    state = init_norm_state(spec.layers, params, key, "paper")
+    state = init_norm_state(spec.layers, params, key, "paper")   # block=4 vectors per layer
     state = warm_up_norm_state(spec.layers, params, state)        # once: Lanczos, converged
     norms, state = compute_norms(spec.family, spec.layers, params, state, n_iter=1)  # per step
 
@@ -18,19 +18,31 @@ Reference / official approach: :func:`exact_norms` (full SVDs).
 from jaxscale.norms.exact import conv_operator_matrix, exact_norms, exact_sigmas
 from jaxscale.norms.measures import compute_norms, make_norm_fn, warm_up_norm_state
 from jaxscale.norms.power import (
+    block_power_iteration,
     conv_apply,
+    conv_block_power_iteration,
     conv_operator,
     conv_power_iteration,
+    dense_block_power_iteration,
     dense_operator,
     dense_power_iteration,
     lanczos_top,
+    lanczos_top_block,
     power_iteration,
 )
-from jaxscale.norms.state import CONVENTIONS, FAMILIES, NORM_NAMES, NormState, init_norm_state
+from jaxscale.norms.state import (
+    CONVENTIONS,
+    DEFAULT_BLOCK,
+    FAMILIES,
+    NORM_NAMES,
+    NormState,
+    init_norm_state,
+)
 
 __all__ = [
     "NORM_NAMES",
     "CONVENTIONS",
+    "DEFAULT_BLOCK",
     "FAMILIES",
     "NormState",
     "init_norm_state",
@@ -41,6 +53,10 @@ __all__ = [
     "exact_sigmas",
     "conv_operator_matrix",
     "power_iteration",
+    "block_power_iteration",
+    "dense_block_power_iteration",
+    "conv_block_power_iteration",
+    "lanczos_top_block",
     "dense_power_iteration",
     "conv_power_iteration",
     "conv_apply",

@@ -74,8 +74,9 @@ def train_step(
       update_norms: whether this step advances the power-iteration vectors; a Python bool or an
         *unbatched* traced bool (so that under ``vmap`` it stays a real branch, not a select).
 
-    Returns ``(new_state, metrics)`` with metrics ``loss`` (mean cross-entropy of the batch) and
-    ``error`` (misclassified fraction), float32 scalars.
+    Returns ``(new_state, metrics)`` with metrics ``loss`` (mean cross-entropy of the batch),
+    ``error`` (misclassified fraction) and ``log_<norm>`` (natural-log norms of the updated params by
+    warm-started power iteration; NaN on steps that do not update the norms), float32 scalars.
 
     A seed whose loss is not finite is flagged in ``state.nonfinite`` (sticky).
     """
@@ -93,7 +94,8 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     batch_stats = new_model_state.get("batch_stats", state.batch_stats)
 
-    norm_state = fns.norms.maybe_update(params, state.norm_state, update_norms)
+    # In-graph norms of the *updated* params, from the carried power-iteration vectors.
+    log_norms, norm_state = fns.norms.maybe_update(params, state.norm_state, update_norms)
 
     # A diverged seed is only flagged: NaN then propagates through its own params and the loop
     # reports NaN for it from that point; seeds are independent, so the others are unaffected.
@@ -107,7 +109,8 @@ def train_step(
         nonfinite=state.nonfinite | ~jnp.isfinite(loss),
     )
     error = (jnp.argmax(logits, -1) != y).mean(dtype=jnp.float32)
-    return new, {"loss": loss, "error": error}
+    metrics = {"loss": loss, "error": error, **{f"log_{k}": v.astype(jnp.float32) for k, v in log_norms.items()}}
+    return new, metrics
 
 
 def train_epoch(
