@@ -24,7 +24,7 @@ def fmt_duration(s: float) -> str:
 class ProgressPrinter:
     def __init__(self, stream: TextIO | None = None, interval: float | None = None):
         self.stream = stream if stream is not None else sys.stderr  # looked up now: tests swap sys.stderr
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.interval = interval if interval is not None else (0.2 if self.tty else 10.0)
         self._last = 0.0
         self._test_err = float("nan")
