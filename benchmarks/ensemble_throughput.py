@@ -1,13 +1,15 @@
 """Ensemble throughput: S seeds as one program vs the same S seeds trained one after another.
 
 Same model, same train step, same epoch function; the only difference is how the seeds are batched
-(`jax.vmap`, an in-program `lax.map` loop, or S calls of the S=1 program). Everything is measured in
-one run, so the ratios survive a noisy shared machine. Pixels are random uint8 of CIFAR-10's exact
-shape (speed does not depend on pixel values; no download needed).
+(`jax.vmap`, an in-program `lax.map` loop, vmapped chunks, or S calls of the one-seed program, see
+jaxscale/train/ensemble.py). Everything is measured in one run, round-robin, next to a matmul peak,
+so the ratios survive a noisy shared machine. Pixels are random uint8 of CIFAR-10's exact shape
+(speed does not depend on pixel values; no download needed); `digits` is the real bundled set.
+Same as `jaxscale bench throughput` (results: benchmarks/RESULTS_throughput.md).
 
-    python benchmarks/ensemble_throughput.py                 # CIFAR-10 CNN, 8 seeds, fp32
-    python benchmarks/ensemble_throughput.py --model cnn --dataset digits --preset digits
-    python benchmarks/ensemble_throughput.py --json
+    python benchmarks/ensemble_throughput.py --P 256 --repeats 3          # CIFAR-10 CNN, 8 seeds, fp32
+    python benchmarks/ensemble_throughput.py --dataset digits --P 1024 --repeats 5
+    python benchmarks/ensemble_throughput.py --strategies vmap,loop,sequential,chunk:4 --json
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ def main(argv=None) -> int:
     ap.add_argument("--P", type=int, default=512, help="samples per timed epoch")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"))
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
+    ap.add_argument("--strategies", default=None,
+                    help="comma-separated strategies to time (default: every candidate of auto)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
     from jaxscale.bench.throughput import format_throughput, throughput
 
+    strategies = tuple(s for s in args.strategies.split(",") if s) if args.strategies else None
     r = throughput(args.model, args.dataset, seeds=args.seeds, P=args.P, precision=args.precision,
-                   repeats=args.repeats, strategies=("vmap", "loop"), preset=args.preset)
+                   repeats=args.repeats, strategies=strategies, preset=args.preset, batch_size=args.batch_size,
+                   conv_impl=args.conv_impl)
     print(json.dumps(r, indent=2) if args.json else format_throughput(r))
     return 0
 

@@ -196,3 +196,56 @@ def test_calibration_skips_candidates_over_the_memory_budget(exp, start):
                   repeats=1, memory_budget=1, state=_copy(start[0]))
     assert isinstance(t["sequential"], float)
     assert isinstance(t["vmap"], str) and "budget" in t["vmap"]
+
+
+def test_flops_per_image_xla_matches_the_hand_count(exp):
+    """The FLOPs behind MFU: XLA's cost analysis of one compiled train step agrees with counting the
+    CNN's multiply-accumulates by hand (XLA also counts the elementwise work: a few per cent more)."""
+    import dataclasses as dc
+
+    from jaxscale.bench.common import bench_config, build_bench_experiment
+    from jaxscale.bench.throughput import arithmetic_flops_per_image, step_flops_per_image
+
+    cfg = bench_config("cnn", "digits", seeds=1, P=128, preset="digits")
+    bexp = build_bench_experiment(cfg, "digits", n_train=128)
+    xla, hand = step_flops_per_image(bexp), arithmetic_flops_per_image(bexp.spec)
+    # digits CNN: convs 16, 32 (3x3, 8x8 input, one pool) + 512->128->10 Linears, counted by hand here
+    macs = [8 * 8 * 9 * 1 * 16, 8 * 8 * 9 * 16 * 32, 4 * 4 * 32 * 128, 128 * 10]
+    assert hand == 2.0 * (3 * sum(macs) - macs[0])
+    assert 1.0 <= xla / hand < 1.10, (xla, hand)
+    # the norms' power iterations and the optimiser are in XLA's count: without norms it is smaller
+    no_norms = dc.replace(bexp, fns=dc.replace(bexp.fns, norms=dc.replace(bexp.fns.norms, every=0)))
+    assert step_flops_per_image(no_norms) < xla
+    assert arithmetic_flops_per_image(dc.replace(bexp.spec, family="vit")) is None
+
+
+@pytest.mark.slow
+def test_bench_throughput_and_experiment_cli(tmp_path, capsys):
+    """``jaxscale bench throughput`` and ``bench experiment`` end to end on a tiny model: the issue's
+    JSON keys, img_s_ensemble = the auto choice's measured rate, a projection that adds up."""
+    import json
+
+    from jaxscale.cli import main
+
+    assert main(["bench", "throughput", "--model", "cnn", "--dataset", "digits", "--preset", "tiny", "--seeds", "2",
+                 "--P", "64", "--batch-size", "32", "--repeats", "1", "--calib-steps", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    for k in ("img_s_single", "img_s_sequential", "img_s_ensemble", "flops_per_img", "achieved_flops",
+              "peak_flops", "mfu"):
+        assert isinstance(r[k], float) and r[k] > 0, k
+    assert r["img_s_ensemble"] == r["ensemble_by_strategy"][r["ensemble_strategy"]]["img_s"]
+    assert r["ensemble_choice"]["reason"] == "calibrated"
+    assert set(r["ensemble_by_strategy"]) >= {"sequential", "loop", "vmap"}
+    np.testing.assert_allclose(r["achieved_flops"], r["flops_per_img"] * r["img_s_ensemble"])
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('name = "p"\n[model]\nfamily = "cnn"\npreset = "tiny"\n[data]\ndataset = "digits"\n'
+                   '[train]\nP = [64, 128]\nseeds = 2\nepochs = 5\nbatch_size = 32\nlog_points = 3\n')
+    assert main(["bench", "experiment", str(cfg), "--P-measure", "64", "--json"]) == 0
+    e = json.loads(capsys.readouterr().out)
+    assert e["P_measure"] == 64 and e["logged_epochs"] == 3 and e["ensemble_choice"]["reason"].startswith("static")
+    assert e["projected_ensemble_s"] == pytest.approx(sum(e["projected_ensemble_per_P_s"]) + e["calibration_s"])
+    # the larger P costs more; and one seed at a time is projected too
+    assert e["projected_ensemble_per_P_s"][1] > e["projected_ensemble_per_P_s"][0] > 0
+    assert e["projected_sequential_s"] > 0 and e["speedup"] == pytest.approx(
+        e["projected_sequential_s"] / e["projected_ensemble_s"])

@@ -213,6 +213,11 @@ def _sequential_program(fn, in_axes, n_seeds, compile, donate_argnums, inplace) 
     copy_first = [j for j in inplace_args if j not in donate_argnums]
     prog = compile(block, (None,) + in_axes, tuple(j + 1 for j in inplace_args))
     copy = jax.jit(lambda t: jax.tree.map(jnp.copy, t))
+    # XLA:CPU: several queued executions of a large program, each waiting on the previous one's
+    # donated output, deadlocked here (all runtime threads parked; CIFAR CNN, 2 cores) — the host
+    # therefore waits for each seed before queuing the next on CPU, which costs one dispatch latency
+    # per seed (negligible next to a seed's epoch). Accelerators queue freely.
+    sync = jax.default_backend() == "cpu"
     # Pieces of a non-in-place output are [groups, ...] (one seed of every device group); seed g*n+i
     # of the global ensemble is piece i of group g.
     stack = jax.jit(lambda pieces: jax.tree.map(
@@ -232,6 +237,8 @@ def _sequential_program(fn, in_axes, n_seeds, compile, donate_argnums, inplace) 
                     args[inplace[k]] = o
                 else:
                     collected.setdefault(k, []).append(o)
+            if sync:
+                jax.block_until_ready(outs)
         return tuple(args[inplace[k]] if k in inplace else stack(collected[k]) for k in range(n_out))
 
     return program

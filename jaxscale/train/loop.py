@@ -176,7 +176,9 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
 
     return {
         "layout": layout,
-        "init": distribute(jax.vmap(init_one), layout, (0, 0, 0)),
+        # lax.map, not vmap: the vmapped init (batched QR of the power-iteration start vectors) has
+        # hung XLA:CPU when two fake devices run it as replicas (data-parallel); init is negligible.
+        "init": distribute(seed_map(init_one, "loop", (0, 0, 0)), layout, (0, 0, 0)),
         "subsets": subsets,
         "epoch": distribute(epoch_block, layout, (0, 0, None, None, None), donate_argnums=(0,)),
         "eval": distribute(eval_block, layout, (0, 0, None, None, None, None, None),
