@@ -8,7 +8,7 @@ is optional except ``train.P``. Unknown keys, wrong types and impossible values 
     [model]        family, preset, init_factor, init, and [model.arch] overrides of the preset
     [data]         dataset, data_dir, augment, augment_eval, mean, std, eval_batch_size
     [train]        P, seeds, seed_start, epochs, batch_size, optimizer, lr, weight_decay, log_points
-    [norms]        convention, power_iterations, every
+    [norms]        convention, power_iterations, every, exact_steps
     [parallel]     ensemble (how seeds are batched), seeds_per_device, data, api
     [checkpoint]   every_epochs, every_minutes, keep
 """
@@ -92,6 +92,9 @@ class NormsConfig:
     power_iterations: int = 1
     #: update the power-iteration vectors every this many train steps (0: only at logged epochs)
     every: int = 1
+    #: the first this many train steps of each P compute their in-step norms exactly (Lanczos, as
+    #: a logged read) — the cheap tracker lags while fresh layers' top singular values reorder
+    exact_steps: int = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,6 +274,9 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     _choice(source, "norms.convention", n.convention, CONVENTIONS)
     if n.every < 0:
         raise UsageError(f"{source}: norms.every must be >= 0 (0 = only at logged epochs), got {n.every}")
+    if n.exact_steps < 0:
+        raise UsageError(f"{source}: norms.exact_steps must be >= 0 (0 = cheap in-step norms from the first step), "
+                         f"got {n.exact_steps}")
     _choice(source, "parallel.ensemble", p.ensemble, ENSEMBLE_STRATEGIES)
     _choice(source, "parallel.api", p.api, PARALLEL_APIS)
     if p.seeds_per_device < 0:

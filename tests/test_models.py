@@ -466,3 +466,18 @@ def test_bad_arguments_raise_usage_error(call, needle):
         build_model(family, preset, **kwargs)
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("hw", [(6, 6), (7, 5)])
+def test_max_pool_2x2_equals_flax_max_pool_values_and_gradients(hw):
+    """The reshape max-pool (fast on XLA:CPU) is flax's 2×2/2 VALID max-pool, odd sizes floored,
+    gradient included (random inputs: no ties)."""
+    from jaxscale.models.common import max_pool_2x2
+
+    x = jax.random.normal(jax.random.key(0), (3, *hw, 4))
+    ref = lambda v: nn.max_pool(v, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(max_pool_2x2(x)), np.asarray(ref(x)))
+    w = jax.random.normal(jax.random.key(1), ref(x).shape)
+    g = jax.grad(lambda v: jnp.sum(max_pool_2x2(v) * w))(x)
+    g_ref = jax.grad(lambda v: jnp.sum(ref(v) * w))(x)
+    np.testing.assert_array_equal(np.asarray(g), np.asarray(g_ref))

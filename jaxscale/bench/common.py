@@ -51,17 +51,18 @@ def synthetic_dataset(name: str, n_train: int, n_test: int = 1000, seed: int = 0
 
 def bench_config(model: str, dataset: str, *, seeds: int, P: int, precision: str = "fp32",
                  ensemble: str = "auto", norms_every: int = 1, preset: Optional[str] = None,
-                 conv_impl: str = "auto", **train):
+                 conv_impl: str = "auto", exact_steps: int = 0, **train):
     """A validated Config for a benchmark of ``model`` on ``dataset`` (protocol preset of that dataset).
 
     ``ensemble`` is stored only if the config schema accepts it; benchmarks resolve strategies
-    themselves (:func:`jaxscale.train.ensemble.choose_strategy`)."""
+    themselves (:func:`jaxscale.train.ensemble.choose_strategy`). ``exact_steps`` defaults to 0: the
+    benchmarks time the steady state, not the exact in-step norms of a run's first steps."""
     raw = {
         "name": f"bench-{model}-{dataset}",
         "model": {"family": model, "preset": preset or dataset, "conv_impl": conv_impl},
         "data": {"dataset": dataset},
         "train": {"P": [P], "seeds": seeds, "epochs": 1, "precision": precision, **train},
-        "norms": {"every": norms_every},
+        "norms": {"every": norms_every, "exact_steps": exact_steps},
         "parallel": {"ensemble": ensemble if ensemble in ("auto", "vmap", "loop") else "auto"},
     }
     return config_from_dict(raw, source="bench")
@@ -175,19 +176,17 @@ def epoch_runner(exp, n_seeds: int, strategy: str, P: int, first_seed: int = 0):
     import functools
 
     from jaxscale.data.sampling import subset_indices
-    from jaxscale.train import step as step_lib
-    from jaxscale.train.ensemble import epoch_program
+    from jaxscale.train.ensemble import epoch_program, init_states
     from jaxscale.train.loop import stacked_seed_keys
     from jaxscale.train.precision import with_precision
 
     ds = exp.dataset
     keys = stacked_seed_keys(range(first_seed, first_seed + n_seeds))
     prec = exp.cfg.train.precision
-    init = with_precision(jax.jit(jax.vmap(functools.partial(step_lib.init_state, exp.fns))), prec)
     subs = jax.jit(jax.vmap(functools.partial(subset_indices, n_train=ds.n_train, P=P)))(keys["data"])
     prog = with_precision(epoch_program(exp.fns, exp.cfg.train.batch_size, strategy, n_seeds), prec)
     x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train.astype(np.int32))
-    box = {"states": init(keys["init"], keys["train"], keys["norms"]), "epoch": 0}
+    box = {"states": init_states(exp.fns, keys), "epoch": 0}
 
     def run():
         box["epoch"] += 1

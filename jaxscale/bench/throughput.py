@@ -92,7 +92,7 @@ def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 512, precis
     from jaxscale.data.sampling import subset_indices
     from jaxscale.train import step as step_lib
     from jaxscale.train.ensemble import StrategyCache, check_strategy, choose_strategy, default_candidates
-    from jaxscale.train.ensemble import epoch_program
+    from jaxscale.train.ensemble import epoch_program, init_states
     from jaxscale.train.loop import stacked_seed_keys
     from jaxscale.train.precision import precision_context
 
@@ -115,10 +115,9 @@ def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 512, precis
 
     with precision_context(precision):
         keys = stacked_seed_keys(range(seeds))
-        init = jax.jit(jax.vmap(functools.partial(step_lib.init_state, exp.fns)))
         subs = jax.jit(jax.vmap(functools.partial(subset_indices, n_train=ds.n_train, P=P)))(keys["data"])
         one = jax.jit(functools.partial(step_lib.train_epoch, exp.fns, batch_size), donate_argnums=(0,))
-        stacked = init(keys["init"], keys["train"], keys["norms"])
+        stacked = init_states(exp.fns, keys)
         per_seed = [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(seeds)]
         box = {"seq": per_seed, "ens": stacked, "epoch": 0}
         progs = {s: epoch_program(exp.fns, batch_size, s, seeds) for s in strategies}

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxscale.models import init as I
 from jaxscale.models.conv import Conv2D
-from jaxscale.models.common import conv_output_hw, require
+from jaxscale.models.common import conv_output_hw, max_pool_2x2, require
 from jaxscale.models.layers import WeightLayer
 
 INITS = ("head",)  # the pre-init-factor script used the same PyTorch defaults (= factor 1)
@@ -58,7 +58,7 @@ class CNN(nn.Module):
             x = self._conv(width, 9 * x.shape[-1], f"conv{i}")(x)
             x = nn.relu(x)
             if (i + 1) % self.pool_every == 0:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+                x = max_pool_2x2(x)
         # PyTorch flattens NCHW: feature index = c·H·W + h·W + w. Transposing first keeps the first
         # Linear's weight columns in PyTorch's order, so norms and weights mean the same thing.
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)

@@ -156,6 +156,7 @@ def ensemble_program(
     compile: Compile = _jit,
     donate_argnums: tuple[int, ...] = (),
     inplace: Optional[Mapping[int, int]] = None,
+    sync_each: Optional[bool] = None,
 ) -> Callable:
     """A host callable running ``fn`` for every seed with ``strategy``, compiled by ``compile``.
 
@@ -173,6 +174,12 @@ def ensemble_program(
         per-seed argument (e.g. the new train state of an epoch, output 0, for the old one, arg 0).
         ``"sequential"`` writes them back into that argument's stacked buffer in place instead of
         allocating a second stacked copy; the other strategies ignore it.
+      sync_each: ``"sequential"`` only: wait for each seed's program before queuing the next.
+        ``None`` (default): on the CPU backend only. XLA:CPU deadlocked (every runtime thread parked)
+        with several queued executions of the CIFAR-10 CNN epoch, each waiting on the previous one's
+        donated output, and with queued programs holding collectives (TOOLCHAIN.md). The seeds form
+        a chain through the in-place stacked state anyway, so waiting costs one dispatch latency per
+        seed and no overlap. Accelerators queue freely.
 
     Returns ``program(*args)`` with the same outputs (stacked over seeds) for every strategy.
     """
@@ -180,10 +187,10 @@ def ensemble_program(
     st = parse_strategy(strategy)
     if st.in_program:
         return compile(seed_map(fn, str(st), in_axes), in_axes, tuple(donate_argnums))
-    return _sequential_program(fn, in_axes, n_seeds, compile, tuple(donate_argnums), dict(inplace or {}))
+    return _sequential_program(fn, in_axes, n_seeds, compile, tuple(donate_argnums), dict(inplace or {}), sync_each)
 
 
-def _sequential_program(fn, in_axes, n_seeds, compile, donate_argnums, inplace) -> Callable:
+def _sequential_program(fn, in_axes, n_seeds, compile, donate_argnums, inplace, sync_each) -> Callable:
     if n_seeds < 1:
         raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
     for j in inplace.values():
@@ -213,15 +220,12 @@ def _sequential_program(fn, in_axes, n_seeds, compile, donate_argnums, inplace) 
     copy_first = [j for j in inplace_args if j not in donate_argnums]
     prog = compile(block, (None,) + in_axes, tuple(j + 1 for j in inplace_args))
     copy = jax.jit(lambda t: jax.tree.map(jnp.copy, t))
-    # XLA:CPU: several queued executions of a large program, each waiting on the previous one's
-    # donated output, deadlocked here (all runtime threads parked; CIFAR CNN, 2 cores) — the host
-    # therefore waits for each seed before queuing the next on CPU, which costs one dispatch latency
-    # per seed (negligible next to a seed's epoch). Accelerators queue freely.
-    sync = jax.default_backend() == "cpu"
     # Pieces of a non-in-place output are [groups, ...] (one seed of every device group); seed g*n+i
     # of the global ensemble is piece i of group g.
     stack = jax.jit(lambda pieces: jax.tree.map(
         lambda *p: jnp.stack(p, axis=1).reshape((-1,) + p[0].shape[1:]), *pieces))
+
+    sync = (jax.default_backend() == "cpu") if sync_each is None else bool(sync_each)
 
     def program(*args):
         args = list(args)
@@ -252,6 +256,21 @@ def epoch_program(fns, batch_size: int, strategy: str, n_seeds: int, compile: Co
     f = functools.partial(step_lib.train_epoch, fns, batch_size)
     return ensemble_program(f, strategy, (0, 0, None, None, None), n_seeds=n_seeds, compile=compile,
                             donate_argnums=(0,), inplace={0: 0})
+
+
+def init_states(fns, keys: Mapping[str, jax.Array]) -> Any:
+    """A stacked ensemble train state from ``keys`` (``{"init"|"train"|"norms": [S, 2]}``), built one
+    seed at a time by one compiled single-seed init and stacked.
+
+    Why not ``jit(vmap(init_state))``: on XLA:CPU (jax 0.10.2) that program deadlocked for 8 seeds
+    of the CIFAR-10 CNN (every runtime thread parked; 2 seeds were fine), while the one-seed init
+    takes ~1.5 s per seed. Same values either way (the init is a function of each seed's keys)."""
+    from jaxscale.train import step as step_lib
+
+    one = jax.jit(functools.partial(step_lib.init_state, fns))
+    n = int(keys["init"].shape[0])
+    per = [one(keys["init"][i], keys["train"][i], keys["norms"][i]) for i in range(n)]
+    return jax.jit(lambda *t: jax.tree.map(lambda *a: jnp.stack(a), *t))(*per)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -439,10 +458,11 @@ def calibrate(
     keys = {k: jnp.stack([d[k] for d in ks]) for k in ks[0]}
     x, y = jnp.asarray(x_train), jnp.asarray(y_train).astype(jnp.int32)
     out: dict[str, Any] = {}
+    # time steady-state epochs: past the exact (Lanczos) in-step norms of a run's first steps
+    e0 = fns.norms.first_steady_epoch(-(-P // batch_size))
     with precision_context(precision):
         if state is None:
-            state = jax.jit(jax.vmap(functools.partial(step_lib.init_state, fns)))(
-                keys["init"], keys["train"], keys["norms"])
+            state = init_states(fns, keys)
         subsets = jax.jit(jax.vmap(functools.partial(subset_indices, n_train=n_train, P=P)))(keys["data"])
         progs: dict[str, Callable] = {}
         pending = list(dict.fromkeys(candidates))
@@ -453,7 +473,7 @@ def calibrate(
                 if st.in_program:
                     f = functools.partial(step_lib.train_epoch, fns, batch_size)
                     compiled = jax.jit(seed_map(f, c, (0, 0, None, None, None)), donate_argnums=(0,)).lower(
-                        state, subsets, x, y, jnp.int32(1)).compile()
+                        state, subsets, x, y, jnp.int32(e0)).compile()
                     need = _temp_bytes(compiled)
                     if budget is not None and need is not None and need > budget:
                         out[c] = f"needs {need / 2**30:.1f} GiB of temporaries > budget {budget / 2**30:.1f} GiB"
@@ -465,19 +485,18 @@ def calibrate(
                     progs[c] = compiled
                 else:
                     progs[c] = epoch_program(fns, batch_size, c, n_seeds)
-                state, m = progs[c](state, subsets, x, y, jnp.int32(1))  # warm (compiles sequential)
+                state, m = progs[c](state, subsets, x, y, jnp.int32(e0))  # warm (compiles sequential)
                 jax.block_until_ready(m)
             except (jax.errors.JaxRuntimeError, MemoryError) as e:
                 progs.pop(c, None)
                 out[c] = f"failed: {str(e).splitlines()[0][:200]}"
                 if any(a.is_deleted() for a in jax.tree.leaves(state)):  # donated to the failed call
-                    state = jax.jit(jax.vmap(functools.partial(step_lib.init_state, fns)))(
-                        keys["init"], keys["train"], keys["norms"])
+                    state = init_states(fns, keys)
         times: dict[str, list] = {c: [] for c in progs}
         for r in range(repeats):
             for c, prog in progs.items():
                 t0 = time.perf_counter()
-                state, m = prog(state, subsets, x, y, jnp.int32(2 + r))
+                state, m = prog(state, subsets, x, y, jnp.int32(e0 + 1 + r))
                 jax.block_until_ready((state, m))
                 times[c].append(time.perf_counter() - t0)
     for c in times:

@@ -100,6 +100,7 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
         convention=cfg.norms.convention,
         power_iterations=cfg.norms.power_iterations,
         every=cfg.norms.every,
+        exact_steps=cfg.norms.exact_steps if cfg.norms.every > 0 else 0,
     )
     fns = step_lib.StepFns(spec=spec, tx=make_optimizer(cfg.train), prep_train=prep_train,
                            prep_eval=prep_eval, norms=tracker)
