@@ -13,7 +13,7 @@ from jaxscale.data import load_dataset
 from jaxscale.errors import UsageError
 from jaxscale.train import build_experiment, run_experiment
 from jaxscale.train.loop import make_programs, stacked_seed_keys
-from jaxscale.train.precision import (apply_precision, compute_dtype, matmul_precision, precision_context,
+from jaxscale.train.precision import (compute_dtype, matmul_precision, precision_context,
                                       with_precision)
 
 # Tolerances of bf16 vs fp32 curves (same seeds, same data order), at every logged epoch:
@@ -67,7 +67,7 @@ def curves():
     out = {}
     for p in ("fp32", "bf16"):
         exp = build_experiment(config_from_dict(_raw(p)), ds)
-        out[p], _ = run_experiment(exp, programs=apply_precision(make_programs(exp), p))
+        out[p], _ = run_experiment(exp)  # make_programs applies the precision itself
         out[p + "_exp"] = exp
     return out
 
@@ -108,3 +108,24 @@ def test_bf16_tracks_fp32_curves(curves):
     assert a.values["test_error"][0, :, -1].max() < 0.2
     # bf16 really changed the numbers (the test would pass vacuously if the dtype were ignored)
     assert not np.array_equal(a.values["train_loss"], b.values["train_loss"])
+
+
+def test_run_programs_are_traced_in_the_configured_precision():
+    """make_programs (what a run uses) traces every program in train.precision's matmul precision:
+    the model's float32 matmuls say TF32 (HIGH) under tf32, HIGHEST under fp32; the norms always ask
+    for HIGHEST themselves."""
+    import re
+
+    ds = load_dataset("digits")
+    found = {}
+    for p in ("fp32", "tf32", "bf16"):
+        exp = build_experiment(config_from_dict(_raw(p)), ds)
+        progs = make_programs(exp)
+        k = stacked_seed_keys([0, 1])
+        st = progs["init"](k["init"], k["train"], k["norms"])
+        sub = progs["subsets"](k["data"], ds.n_train, 256)
+        x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, jnp.int32)
+        txt = str(jax.make_jaxpr(progs["epoch"])(st, sub, x, y, jnp.int32(1)))
+        found[p] = (len(re.findall(r"HIGH(?!EST)", txt)), txt.count("HIGHEST"))
+    assert found["tf32"][0] > 0 and found["fp32"][0] == 0 and found["bf16"][0] == 0, found
+    assert found["fp32"][1] > found["bf16"][1] and found["fp32"][1] > found["tf32"][1], found

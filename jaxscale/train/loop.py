@@ -36,6 +36,7 @@ from jaxscale.train.schedule import logged_epochs
 from jaxscale.train.sharding import (DATA, Layout, data_parallel_fns, distribute, local_rows, plan_layout,
                                      single_device_layout)
 from jaxscale.train.state import seed_keys
+from jaxscale.train.precision import apply_precision
 
 ProgressFn = Callable[[dict], None]
 
@@ -131,7 +132,7 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
     Per-seed arguments and outputs are global ``[seeds, ...]`` arrays (split over the layout's seed
     groups; the seed count must be a multiple of ``layout.groups``). ``eval``'s metrics and
     ``nonfinite`` come back replicated, so every process can read all seeds. The returned dict also
-    holds the ``layout``.
+    holds the ``layout``. Every program runs in ``train.precision``'s matmul precision.
     """
     layout = layout or single_device_layout(exp.cfg.train.seeds)
     fns = data_parallel_fns(exp.fns, DATA, layout.data)
@@ -175,7 +176,9 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
     def subsets(data_keys, n_train, P):
         return subsets_program(int(n_train), int(P))(data_keys)
 
-    return {
+    # Every program is called inside the run's matmul-precision context (fp32 = true float32 products
+    # on GPUs that would otherwise use TF32), see jaxscale.train.precision.
+    return apply_precision({
         "layout": layout,
         # lax.map, not vmap: the vmapped init (batched QR of the power-iteration start vectors) has
         # hung XLA:CPU when two fake devices run it as replicas (data-parallel); init is negligible.
@@ -185,7 +188,7 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
         "eval": distribute(eval_block, layout, (0, 0, None, None, None, None, None),
                            out_replicated=(True, False), donate_argnums=(0,)),
         "nonfinite": distribute(lambda s: s.nonfinite, layout, (0,), out_replicated=True),
-    }
+    }, exp.cfg.train.precision)
 
 
 def _chunks(idx: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
