@@ -316,7 +316,7 @@ def compute_norms(
       convention: ``"paper"`` or ``"bartlett"`` (static).
       n_iter: power iterations per call (static int ≥ 1); each applies every layer and its
         transpose once to the state's ``k`` vectors (one kernel read each way for a dense layer, a
-        batch-``k`` conv for a conv operator), plus a ``k×k`` eigh and a ``[n, k]`` QR.
+        batch-``k`` conv for a conv operator), plus a ``k×k`` eigh and a ``k``-row Gram-Schmidt.
 
     Returns:
       ``(norms, new_state)``: ``norms[name]`` is a scalar natural log (params dtype, float32

@@ -97,15 +97,52 @@ def power_iteration(
     return lax.fori_loop(0, n_iter, body, (jnp.zeros((), v.dtype), v))
 
 
+def _eigh_fixed_signs(m: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``jnp.linalg.eigh`` with every eigenvector's sign fixed (largest-magnitude entry positive).
+
+    LAPACK's signs are arbitrary and differed between the batched (``vmap``) and one-at-a-time
+    calls, which made the carried vectors — not the norms — depend on the ensemble strategy."""
+    evals, evecs = jnp.linalg.eigh(m)
+    idx = jnp.argmax(jnp.abs(evecs), axis=0)
+    sign = jnp.sign(jnp.take_along_axis(evecs, idx[None, :], axis=0))
+    return evals, evecs * jnp.where(sign == 0, 1.0, sign).astype(evecs.dtype)
+
+
 def _orthonormal_rows(x: jax.Array) -> jax.Array:
-    """Orthonormal basis ``[k, n]`` of the rows of ``x [k, n]`` (Householder QR, row order kept).
+    """Orthonormal basis ``[k, n]`` of the rows of ``x [k, n]`` (Gram-Schmidt, row order kept).
 
     Row ``j`` of the result spans rows ``0..j`` of ``x``, so the best guess (row 0) stays first.
-    Householder QR returns an orthonormal basis even when ``x`` is rank-deficient (the deficient
-    rows become arbitrary unit directions orthogonal to the rest), so no NaN can appear.
+    Each row has the previous ones projected out twice ("twice is enough": orthonormal to float
+    precision). A row that is (numerically) in the span of the previous ones is replaced by a
+    coordinate vector orthogonalised the same way, so the result is orthonormal even when ``x`` is
+    rank-deficient and no NaN can appear.
+
+    Why not ``jnp.linalg.qr``: several *batched* LAPACK QRs in one program (what ``vmap`` over seeds
+    makes of the per-layer QRs of a train step) deadlocked XLA:CPU in jax 0.10.2 — every runtime
+    thread parked, the program never finishing (reproduced: 6 QRs of ``[8, 32768, 4]`` in one jitted
+    function hang on the second call; unbatched, or eigh, do not). ``k`` is small (the block size),
+    so this is a handful of fused dot products.
     """
-    q, _ = jnp.linalg.qr(x.T)
-    return q.T
+    k, n = x.shape
+    basis = jnp.zeros_like(x)
+
+    def orth(r, j):
+        for _ in range(2):
+            r = r - jnp.matmul(jnp.matmul(basis[:j], r, precision=_HI), basis[:j], precision=_HI)
+        return r
+
+    for j in range(k):
+        r = orth(x[j], j)
+        r_norm, x_norm = _norm(r), _norm(x[j])
+        # deficient row: fall back to coordinate vector e_(j mod n) (then e_(n-1-j)), orthogonalised
+        fallback = orth(jax.nn.one_hot(j % n, n, dtype=x.dtype), j)
+        fallback2 = orth(jax.nn.one_hot((n - 1 - j) % n, n, dtype=x.dtype), j)
+        f_norm = _norm(fallback)
+        use_fb = ~(r_norm > 1e-4 * x_norm)
+        r = jnp.where(use_fb, jnp.where(f_norm > 1e-3, fallback, fallback2), r)
+        unit, _ = _safe_unit(r, jnp.zeros_like(r))
+        basis = basis.at[j].set(unit)
+    return basis
 
 
 def block_power_iteration(
@@ -128,13 +165,13 @@ def block_power_iteration(
         G = U Uᵀ = V M Vᵀ,  G = Y diag(θ) Yᵀ     (k×k eigh, θ descending: Rayleigh–Ritz)
         U ← Yᵀ U,  W = Aᵀ U = Yᵀ M V           (Ritz-rotated; one batched application of Aᵀ)
         σ̂ = ‖W₀‖ / ‖U₀‖ = ‖M x‖ / ‖A x‖,  x = top Ritz vector Yᵀ₀ V
-        V ← orth(W)                  (QR, top row first)
+        V ← orth(W)                  (Gram-Schmidt, top row first)
 
     ``σ̂`` is the single-vector estimate of :func:`power_iteration` applied to the top Ritz vector:
     never above σ_max (‖Aᵀû‖ ≤ σ_max for a unit û), at least the top Ritz value √θ₀ (itself a
     lower bound), exact once span(V) contains the top right singular vector. With ``k = 1`` this
     *is* :func:`power_iteration` (up to the sign of ``v``). Cost per iteration: one batched
-    ``apply`` and ``apply_t`` on ``k`` vectors, a ``k×k`` eigh and a ``[n, k]`` QR.
+    ``apply`` and ``apply_t`` on ``k`` vectors, a ``k×k`` eigh and a ``k``-row Gram-Schmidt.
 
     Degenerate inputs: if ``A V = 0`` (an all-zero layer) the estimate is 0 and ``V`` is kept.
 
@@ -154,7 +191,7 @@ def block_power_iteration(
     def one(v: jax.Array) -> tuple[jax.Array, jax.Array]:
         u = apply(v)
         uf = u.reshape(k, -1)
-        theta, y = jnp.linalg.eigh(jnp.matmul(uf, uf.T, precision=_HI))
+        theta, y = _eigh_fixed_signs(jnp.matmul(uf, uf.T, precision=_HI))
         y = y[:, ::-1]  # eigh sorts ascending: put the top Ritz pair first
         u_rot = jnp.tensordot(y.T, u, axes=1, precision=_HI)
         w = apply_t(u_rot)
@@ -448,7 +485,7 @@ def lanczos_top(
     # Top right singular pair of B from the symmetric eigenproblem of BᵀB (k×k): XLA's CPU SVD
     # with vectors returned NaN for a 256×256 B with 16-fold repeated singular values (a ViT patch
     # embedding), while eigh is robust; squaring costs nothing in relative accuracy at the top.
-    evals, evecs = jnp.linalg.eigh(jnp.matmul(b.T, b, precision=_HI))
+    evals, evecs = _eigh_fixed_signs(jnp.matmul(b.T, b, precision=_HI))
     sigma = jnp.sqrt(jnp.maximum(evals[-1], 0.0))
     if n_vecs is None:
         ritz, _ = _safe_unit(jnp.matmul(evecs[:, -1], vs, precision=_HI), v_start)

@@ -27,6 +27,7 @@ import numpy as np
 
 from jaxscale.errors import UsageError
 from jaxscale.models.layers import WeightLayer
+from jaxscale.norms.power import _orthonormal_rows
 
 NORM_NAMES = ("spectral_complexity", "spectral_product", "frobenius", "l1", "group_2_1")
 CONVENTIONS = ("paper", "bartlett")
@@ -191,8 +192,7 @@ def init_norm_state(
     flat = jax.random.normal(key, (sum(sizes),), kernels[0].dtype)
     vectors = {}
     for layer, shp, part in zip(used, shapes, jnp.split(flat, np.cumsum(sizes)[:-1])):
-        q, _ = jnp.linalg.qr(part.reshape(shp[0], -1).T)  # orthonormal rows
-        vectors[layer.name] = q.T.reshape(shp)
+        vectors[layer.name] = _orthonormal_rows(part.reshape(shp[0], -1)).reshape(shp)
     return NormState(vectors=vectors, convention=convention, block=block)
 
 

@@ -259,18 +259,13 @@ def epoch_program(fns, batch_size: int, strategy: str, n_seeds: int, compile: Co
 
 
 def init_states(fns, keys: Mapping[str, jax.Array]) -> Any:
-    """A stacked ensemble train state from ``keys`` (``{"init"|"train"|"norms": [S, 2]}``), built one
-    seed at a time by one compiled single-seed init and stacked.
-
-    Why not ``jit(vmap(init_state))``: on XLA:CPU (jax 0.10.2) that program deadlocked for 8 seeds
-    of the CIFAR-10 CNN (every runtime thread parked; 2 seeds were fine), while the one-seed init
-    takes ~1.5 s per seed. Same values either way (the init is a function of each seed's keys)."""
+    """A stacked ensemble train state from ``keys`` (``{"init"|"train"|"norms": [S, 2]}``): the
+    one-seed init mapped over seeds with ``lax.map`` in one compiled program, as a run's own init
+    (:func:`jaxscale.train.loop.make_programs`). Same values as initialising each seed alone."""
     from jaxscale.train import step as step_lib
 
-    one = jax.jit(functools.partial(step_lib.init_state, fns))
-    n = int(keys["init"].shape[0])
-    per = [one(keys["init"][i], keys["train"][i], keys["norms"][i]) for i in range(n)]
-    return jax.jit(lambda *t: jax.tree.map(lambda *a: jnp.stack(a), *t))(*per)
+    one = functools.partial(step_lib.init_state, fns)
+    return jax.jit(seed_map(one, "loop", (0, 0, 0)))(keys["init"], keys["train"], keys["norms"])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -180,8 +180,8 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
     # on GPUs that would otherwise use TF32), see jaxscale.train.precision.
     return apply_precision({
         "layout": layout,
-        # lax.map, not vmap: the vmapped init (batched QR of the power-iteration start vectors) has
-        # hung XLA:CPU when two fake devices run it as replicas (data-parallel); init is negligible.
+        # lax.map, not vmap: init is negligible, and a vmapped init (then with batched LAPACK QRs,
+        # since replaced by Gram-Schmidt: jaxscale.norms.power._orthonormal_rows) hung XLA:CPU.
         "init": distribute(seed_map(init_one, "loop", (0, 0, 0)), layout, (0, 0, 0)),
         "subsets": subsets,
         "epoch": distribute(epoch_block, layout, (0, 0, None, None, None), donate_argnums=(0,)),
