@@ -37,6 +37,7 @@ class ProgressPrinter:
         if kind == "P_done":
             self._emit(f"P={ev['P']} done ({ev['P_index'] + 1}/{ev['n_P']}) in {fmt_duration(ev['wall_s'])}, "
                        f"last test error {self._test_err:.4f}", final=True)
+            self._test_err = float("nan")  # the next P has no logged error yet
             return
         now = time.monotonic()
         if now - self._last < self.interval and ev["epoch"] not in (1, ev["epochs"]):
@@ -44,9 +45,10 @@ class ProgressPrinter:
         self._last = now
         rate = ev["img_per_s"]
         rate_s = f"{rate:,.0f} img/s" if math.isfinite(rate) else "compiling"
+        err_s = f"{self._test_err:.4f}" if math.isfinite(self._test_err) else "-"
         self._emit(
             f"P={ev['P']} [{ev['P_index'] + 1}/{ev['n_P']}] epoch {ev['epoch']}/{ev['epochs']} "
-            f"loss {ev['loss']:.4f} test err {self._test_err:.4f} | {rate_s} | ETA {fmt_duration(ev['eta_s'])}"
+            f"loss {ev['loss']:.4f} test err {err_s} | {rate_s} | ETA {fmt_duration(ev['eta_s'])}"
         )
 
     def _emit(self, text: str, final: bool = False) -> None:
