@@ -5,7 +5,7 @@ Same model, same train step, same epoch function; the only difference is how the
 jaxscale/train/ensemble.py). Everything is measured in one run, round-robin, next to a matmul peak,
 so the ratios survive a noisy shared machine. Pixels are random uint8 of CIFAR-10's exact shape
 (speed does not depend on pixel values; no download needed); `digits` is the real bundled set.
-Same as `jaxscale bench throughput` (results: benchmarks/RESULTS_throughput.md).
+Same as `jaxscale bench throughput` (results: benchmarks/RESULTS.md).
 
     python benchmarks/ensemble_throughput.py --P 256 --repeats 3          # CIFAR-10 CNN, 8 seeds, fp32
     python benchmarks/ensemble_throughput.py --dataset digits --P 1024 --repeats 5

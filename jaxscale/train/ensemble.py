@@ -19,7 +19,7 @@ axis, so they all give the same numbers (to float tolerance: XLA may order reduc
 candidate, on the actual model, backend, seed count, batch size and precision), cached in memory
 per (backend, device kind, model hyper-parameters, seeds, batch size, precision, norm settings).
 
-Measured on XLA:CPU (benchmarks/RESULTS_throughput.md): one seed's epoch spends ~98 % of its time
+Measured on XLA:CPU (benchmarks/RESULTS.md): one seed's epoch spends ~98 % of its time
 inside kernels, so batching seeds cannot remove per-op overhead there; vmap makes every tensor S
 times larger (falling out of cache) and was slower than a loop; ``loop``/``sequential`` tie.
 """
