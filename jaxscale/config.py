@@ -93,8 +93,10 @@ class NormsConfig:
     #: update the power-iteration vectors every this many train steps (0: only at logged epochs)
     every: int = 1
     #: the first this many train steps of each P compute their in-step norms exactly (Lanczos, as
-    #: a logged read) — the cheap tracker lags while fresh layers' top singular values reorder
-    exact_steps: int = 64
+    #: a logged read) — the cheap tracker lags while fresh layers' top singular values reorder. Only
+    #: the per-step values of the Python API (train_step's log_* metrics) see the difference: the
+    #: values a run logs are always re-converged, so runs leave it at 0 (it costs compile time)
+    exact_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

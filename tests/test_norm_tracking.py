@@ -29,7 +29,7 @@ def digits():
 
 
 # bartlett's conv operators act on whole feature maps (larger, flatter spectra): 2 iterations per step.
-# `exact_steps` as shipped (64): the first steps are Lanczos-exact, the cheap tracker takes over after.
+# `exact_steps = 64`: the first steps are Lanczos-exact, the cheap tracker takes over after.
 # With exact_steps = 0 the cheap tracker runs from step 0 and lags during the early transient; it is
 # asserted to settle by `settled` (a measured limitation, kept so that a regression shows).
 @pytest.mark.parametrize("family,convention,iters,exact_steps,settled,steps", [
