@@ -108,41 +108,26 @@ def _eigh_fixed_signs(m: jax.Array) -> tuple[jax.Array, jax.Array]:
     return evals, evecs * jnp.where(sign == 0, 1.0, sign).astype(evecs.dtype)
 
 
+@jax.custom_batching.custom_vmap
 def _orthonormal_rows(x: jax.Array) -> jax.Array:
-    """Orthonormal basis ``[k, n]`` of the rows of ``x [k, n]`` (Gram-Schmidt, row order kept).
+    """Orthonormal basis ``[k, n]`` of the rows of ``x [k, n]`` (Householder QR, row order kept).
 
     Row ``j`` of the result spans rows ``0..j`` of ``x``, so the best guess (row 0) stays first.
-    Each row has the previous ones projected out twice ("twice is enough": orthonormal to float
-    precision). A row that is (numerically) in the span of the previous ones is replaced by a
-    coordinate vector orthogonalised the same way, so the result is orthonormal even when ``x`` is
-    rank-deficient and no NaN can appear.
+    Householder QR returns an orthonormal basis even when ``x`` is rank-deficient, so no NaN appears.
 
-    Why not ``jnp.linalg.qr``: several *batched* LAPACK QRs in one program (what ``vmap`` over seeds
-    makes of the per-layer QRs of a train step) deadlocked XLA:CPU in jax 0.10.2 — every runtime
-    thread parked, the program never finishing (reproduced: 6 QRs of ``[8, 32768, 4]`` in one jitted
-    function hang on the second call; unbatched, or eigh, do not). ``k`` is small (the block size),
-    so this is a handful of fused dot products.
+    Never batched: several *batched* LAPACK QRs in one program (what ``vmap`` over seeds makes of
+    the per-layer QRs of a train step) deadlocked XLA:CPU in jax 0.10.2 (every runtime thread
+    parked; reproduced with 6 QRs of ``[8, 32768, 4]`` in one jitted function, hanging on the 2nd
+    call). The vmap rule below maps the unbatched QR over the batch instead (``lax.map``).
     """
-    k, n = x.shape
-    basis = jnp.zeros_like(x)
+    q, _ = jnp.linalg.qr(x.T)
+    return q.T
 
-    def orth(r, j):
-        for _ in range(2):
-            r = r - jnp.matmul(jnp.matmul(basis[:j], r, precision=_HI), basis[:j], precision=_HI)
-        return r
 
-    for j in range(k):
-        r = orth(x[j], j)
-        r_norm, x_norm = _norm(r), _norm(x[j])
-        # deficient row: fall back to coordinate vector e_(j mod n) (then e_(n-1-j)), orthogonalised
-        fallback = orth(jax.nn.one_hot(j % n, n, dtype=x.dtype), j)
-        fallback2 = orth(jax.nn.one_hot((n - 1 - j) % n, n, dtype=x.dtype), j)
-        f_norm = _norm(fallback)
-        use_fb = ~(r_norm > 1e-4 * x_norm)
-        r = jnp.where(use_fb, jnp.where(f_norm > 1e-3, fallback, fallback2), r)
-        unit, _ = _safe_unit(r, jnp.zeros_like(r))
-        basis = basis.at[j].set(unit)
-    return basis
+@_orthonormal_rows.def_vmap
+def _orthonormal_rows_vmap(axis_size, in_batched, x):
+    del axis_size, in_batched
+    return lax.map(_orthonormal_rows, x), True
 
 
 def block_power_iteration(

@@ -258,14 +258,23 @@ def epoch_program(fns, batch_size: int, strategy: str, n_seeds: int, compile: Co
                             donate_argnums=(0,), inplace={0: 0})
 
 
-def init_states(fns, keys: Mapping[str, jax.Array]) -> Any:
-    """A stacked ensemble train state from ``keys`` (``{"init"|"train"|"norms": [S, 2]}``): the
-    one-seed init mapped over seeds with ``lax.map`` in one compiled program, as a run's own init
-    (:func:`jaxscale.train.loop.make_programs`). Same values as initialising each seed alone."""
+def init_program(fns, compile: Compile = _jit) -> Callable:
+    """``program(init_keys, train_keys, norm_keys) -> stacked train state`` (keys ``uint32 [S, 2]``):
+    the one-seed :func:`jaxscale.train.step.init_state` mapped over seeds with ``lax.map`` in one
+    program compiled by ``compile`` (a run passes its device layout's). ``lax.map``, not ``vmap``:
+    init runs once, so a loop costs nothing measurable, and it keeps one seed's peak memory.
+    Same values as initialising each seed alone."""
     from jaxscale.train import step as step_lib
 
     one = functools.partial(step_lib.init_state, fns)
-    return jax.jit(seed_map(one, "loop", (0, 0, 0)))(keys["init"], keys["train"], keys["norms"])
+    return compile(seed_map(one, "loop", (0, 0, 0)), (0, 0, 0), ())
+
+
+def init_states(fns, keys: Mapping[str, jax.Array]) -> Any:
+    """A stacked ensemble train state on the default device from ``keys``
+    (``{"init"|"train"|"norms": [S, 2]}``), by :func:`init_program` (benchmarks; a run uses its
+    layout's program from :func:`jaxscale.train.loop.make_programs`)."""
+    return init_program(fns)(keys["init"], keys["train"], keys["norms"])
 
 
 # ------------------------------------------------------------------------------------------------

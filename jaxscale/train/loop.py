@@ -28,7 +28,7 @@ from jaxscale.results import Curves
 from jaxscale.train import distributed
 from jaxscale.train import step as step_lib
 from jaxscale.train.checkpoint import Checkpoints
-from jaxscale.train.ensemble import resolve_strategy, seed_map
+from jaxscale.train.ensemble import init_program, resolve_strategy, seed_map
 from jaxscale.train.norm_tracking import NormTracker
 from jaxscale.train.optim import make_optimizer
 from jaxscale.train.preemption import Interrupted, StopFlag
@@ -140,9 +140,6 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
     bs = exp.cfg.train.batch_size
     eval_bs = exp.cfg.data.eval_batch_size
 
-    def init_one(init_key, train_key, norm_key):
-        return step_lib.init_state(fns, init_key, train_key, norm_key)
-
     def epoch_block(states, subsets, x, y, epoch):
         f = functools.partial(step_lib.train_epoch, fns, bs)
         return seed_map(f, strat, (0, 0, None, None, None))(states, subsets, x, y, epoch)
@@ -180,9 +177,7 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
     # on GPUs that would otherwise use TF32), see jaxscale.train.precision.
     return apply_precision({
         "layout": layout,
-        # lax.map, not vmap: init is negligible, and a vmapped init (then with batched LAPACK QRs,
-        # since replaced by Gram-Schmidt: jaxscale.norms.power._orthonormal_rows) hung XLA:CPU.
-        "init": distribute(seed_map(init_one, "loop", (0, 0, 0)), layout, (0, 0, 0)),
+        "init": init_program(fns, lambda f, ax, donate: distribute(f, layout, ax, donate_argnums=donate)),
         "subsets": subsets,
         "epoch": distribute(epoch_block, layout, (0, 0, None, None, None), donate_argnums=(0,)),
         "eval": distribute(eval_block, layout, (0, 0, None, None, None, None, None),
