@@ -43,3 +43,40 @@ def test_models_same_function_with_either_impl(family):
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 8, 8, 3))
     out = {impl: s.apply(v, x, train=True, rng=jax.random.PRNGKey(3))[0] for impl, s in specs.items()}
     np.testing.assert_allclose(out["patches"], out["xla"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "shape,k,stride,pad",
+    [
+        ((6, 8, 8, 3), 3, 1, ((1, 1), (1, 1))),   # chunks of 1, 2, 3 images
+        ((5, 9, 7, 4), 3, 2, ((1, 1), (1, 1))),   # prime batch, odd sizes, stride 2
+        ((6, 6, 6, 2), 3, 1, ((0, 0), (0, 0))),   # valid
+    ],
+)
+def test_chunked_patches_equal_whole_batch_values_grads_and_vmap(shape, k, stride, pad):
+    """``impl="patches"`` convolves big batches chunk by chunk (custom VJP recomputing patches):
+    same values and gradients as the whole batch at once and as XLA's conv, also under ``vmap``."""
+    from jaxscale.models.conv import _images_per_chunk
+
+    kx, kw = jax.random.split(jax.random.PRNGKey(0))
+    x = jax.random.normal(kx, shape)
+    w = jax.random.normal(kw, (k, k, shape[-1], 5))
+    per_image = 4 * k * k * shape[-1] * ((shape[1] + sum(pad[0]) - k) // stride + 1) * (
+        (shape[2] + sum(pad[1]) - k) // stride + 1)
+    loss = lambda impl, cb: (lambda x, w: (jnp.tanh(conv2d(x, w, (stride, stride), pad, impl, chunk_bytes=cb)) ** 2).sum())  # noqa: E731
+    ref = jax.value_and_grad(loss("xla", 0), argnums=(0, 1))(x, w)
+    for images in (1, 2, 3):
+        cb = images * per_image
+        chunk = _images_per_chunk(x, w, (stride, stride), pad, cb)
+        assert chunk <= images and shape[0] % chunk == 0
+        got = jax.jit(jax.value_and_grad(loss("patches", cb), argnums=(0, 1)))(x, w)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+        stack = lambda a: jnp.stack([a, 2 * a])  # noqa: E731
+        vm = jax.vmap(jax.grad(loss("patches", cb), argnums=(0, 1)))(stack(x), stack(w))
+        vr = jax.vmap(jax.grad(loss("xla", 0), argnums=(0, 1)))(stack(x), stack(w))
+        for a, b in zip(jax.tree.leaves(vm), jax.tree.leaves(vr)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    # whole batch when the patches fit, or when they are not copies (1x1 kernels)
+    assert _images_per_chunk(x, w, (stride, stride), pad, 10**9) == shape[0]
+    assert _images_per_chunk(x, w[:1, :1], (1, 1), ((0, 0), (0, 0)), 1) == shape[0]
