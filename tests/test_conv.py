@@ -80,3 +80,21 @@ def test_chunked_patches_equal_whole_batch_values_grads_and_vmap(shape, k, strid
     # whole batch when the patches fit, or when they are not copies (1x1 kernels)
     assert _images_per_chunk(x, w, (stride, stride), pad, 10**9) == shape[0]
     assert _images_per_chunk(x, w[:1, :1], (1, 1), ((0, 0), (0, 0)), 1) == shape[0]
+
+
+def test_patch_chunk_bytes_context_sets_the_chunking_at_trace_time():
+    from jaxscale.models.conv import patch_chunk_bytes
+
+    x = jnp.ones((8, 8, 8, 3))
+    w = jnp.ones((3, 3, 3, 4))
+    f = lambda x, w: conv2d(x, w, (1, 1), ((1, 1), (1, 1)), "patches").sum()  # noqa: E731
+    traced = lambda: str(jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, w))  # noqa: E731
+    assert "scan" not in traced()  # default: 8 small images fit one chunk
+    with patch_chunk_bytes(1):
+        assert "scan" in traced()  # one image a chunk
+        with patch_chunk_bytes(0):
+            assert "scan" not in traced()
+    assert "scan" not in traced()
+    with pytest.raises(ValueError, match=">= 0"):
+        with patch_chunk_bytes(-1):
+            pass

@@ -118,9 +118,11 @@ def test_ensemble_equals_the_unbatched_single_seed_step(exp, start, by_strategy)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b[1]), rtol=1e-4, atol=1e-5)
 
 
-def test_sequential_inplace_output_and_caller_buffer_kept():
-    """Generic contract: an in-place output at another position, a shared argument, and an input
-    the caller did not donate stays valid and unchanged."""
+@pytest.mark.parametrize("strategy", ["sequential", "loop", "chunk:2", "chunk:3", "chunk:4", "chunk:8"])
+def test_inplace_output_and_caller_buffer_kept(strategy):
+    """Generic contract of in-place outputs (host loop, ``fori_loop`` over seeds or over groups of
+    K with a remainder group): an in-place output at another position, a shared argument, and an
+    input the caller did not donate stays valid and unchanged."""
 
     def fn(state, shared):
         new = {"w": state["w"] * 2.0 + shared, "n": state["n"] + 1}
@@ -129,7 +131,7 @@ def test_sequential_inplace_output_and_caller_buffer_kept():
     st = {"w": jnp.arange(12.0).reshape(4, 3), "n": jnp.arange(4, dtype=jnp.int32)}
     shared = jnp.float32(0.5)
     ref = jax.vmap(fn, in_axes=(0, None))(st, shared)
-    prog = ensemble_program(fn, "sequential", (0, None), n_seeds=4, inplace={1: 0})
+    prog = ensemble_program(fn, strategy, (0, None), n_seeds=4, inplace={1: 0})
     out = prog(st, shared)
     np.testing.assert_allclose(out[0]["sum"], ref[0]["sum"])
     np.testing.assert_allclose(out[1]["w"], ref[1]["w"])

@@ -35,14 +35,19 @@ from jaxscale.bench.common import bench_config, build_bench_experiment, machine_
 
 def step_flops_per_image(exp) -> float:
     """FLOPs of one single-seed train step (XLA cost analysis of the compiled step) per image,
-    norm update and optimiser included; NaN if the backend reports none."""
+    norm update and optimiser included; NaN if the backend reports none.
+
+    Traced with the patches convolution on the whole batch at once (``patch_chunk_bytes(0)``): the
+    same arithmetic as the chunked one a run uses, but without the loop over chunks whose body XLA's
+    cost analysis would count only once."""
+    from jaxscale.models.conv import patch_chunk_bytes
     from jaxscale.train.precision import precision_context
     from jaxscale.train.state import seed_keys
     from jaxscale.train.step import init_state, train_step
 
     k = seed_keys(0)
     bs = exp.cfg.train.batch_size
-    with precision_context(exp.cfg.train.precision):
+    with precision_context(exp.cfg.train.precision), patch_chunk_bytes(0):
         state = jax.eval_shape(functools.partial(init_state, exp.fns), k["init"], k["train"], k["norms"])
         xb = jax.ShapeDtypeStruct((bs, *exp.dataset.x_train.shape[1:]), exp.dataset.x_train.dtype)
         yb = jax.ShapeDtypeStruct((bs,), jnp.int32)

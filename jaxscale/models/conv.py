@@ -17,8 +17,10 @@ Both implementations compute the same function with the same ``kernel [kh, kw, C
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -61,6 +63,24 @@ def extract_patches(x: jax.Array, kh: int, kw: int, strides: tuple[int, int], pa
 #: CNN's layers; 1 image (too little work per matmul) or >= 10 MB lost that gain.
 PATCH_CHUNK_BYTES = 3 * 2**20
 
+_chunk_bytes: contextvars.ContextVar[int] = contextvars.ContextVar("jaxscale_patch_chunk_bytes",
+                                                                   default=PATCH_CHUNK_BYTES)
+
+
+@contextlib.contextmanager
+def patch_chunk_bytes(n: int) -> Iterator[None]:
+    """Trace-time setting, like ``jax.default_matmul_precision``: programs *traced* inside this
+    context convolve (``impl="patches"``) in chunks of at most ``n`` bytes of patches (``0``: the
+    whole batch at once). Same values either way; it changes speed and memory only. Used to tune a
+    CPU's cache size, and by the FLOP count (XLA's cost analysis counts a loop body once)."""
+    if int(n) < 0:
+        raise ValueError(f"patch chunk bytes must be >= 0, got {n}")
+    token = _chunk_bytes.set(int(n))
+    try:
+        yield
+    finally:
+        _chunk_bytes.reset(token)
+
 
 def conv2d(
     x: jax.Array,
@@ -68,14 +88,15 @@ def conv2d(
     strides: tuple[int, int],
     padding: Padding,
     impl: str,
-    chunk_bytes: int = PATCH_CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> jax.Array:
     """NHWC convolution (cross-correlation, as PyTorch/flax) of ``x [B,H,W,C_in]`` with
     ``kernel [kh,kw,C_in,C_out]`` and explicit ``padding ((top,bottom),(left,right))``.
 
     ``chunk_bytes`` (``impl="patches"`` only): the batch is convolved in chunks whose patch matrix
-    holds at most this many bytes (at least one image a chunk; ``0`` = the whole batch at once). Same
-    values either way (to float rounding of the kernel gradient's sum over chunks).
+    holds at most this many bytes (at least one image a chunk; ``0`` = the whole batch at once;
+    ``None`` = :func:`patch_chunk_bytes`'s setting, default :data:`PATCH_CHUNK_BYTES`). Same values
+    either way (to float rounding of the kernel gradient's sum over chunks).
     """
     if impl == "xla":
         return jax.lax.conv_general_dilated(
@@ -83,6 +104,8 @@ def conv2d(
     if impl != "patches":
         raise ValueError(f"unknown conv impl {impl!r}")
     kh, kw, cin, cout = kernel.shape
+    if chunk_bytes is None:
+        chunk_bytes = _chunk_bytes.get()
     chunk = _images_per_chunk(x, kernel, strides, padding, chunk_bytes)
     if chunk >= x.shape[0]:
         return extract_patches(x, kh, kw, strides, padding) @ kernel.reshape(kh * kw * cin, cout)

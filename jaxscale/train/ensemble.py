@@ -6,8 +6,8 @@ axis, so they all give the same numbers (to float tolerance: XLA may order reduc
 * ``"vmap"``: ``jax.vmap`` — one wide program. Dense layers become batched matmuls; convolutions
   become grouped convolutions (``conv_impl="xla"``) or batched matmuls (``"patches"``). Best where
   per-op launch cost dominates (GPUs, small models).
-* ``"loop"``: ``jax.lax.map`` — the seeds run one after another *inside* one jitted program (no
-  per-seed dispatch, no grouped convolutions).
+* ``"loop"``: the seeds run one after another *inside* one jitted program (``lax.map``, or a
+  ``fori_loop`` updating the stacked state in place: no per-seed dispatch, no grouped convolutions).
 * ``"chunk:K"``: ``lax.map`` over groups of K seeds, ``vmap`` inside a group — the seed-batch size
   per device: the widest program that fits in memory (``K >= S`` is ``vmap``, ``K = 1`` is ``loop``).
 * ``"sequential"``: a *host* loop calling the jitted one-seed program once per seed, reading seed
@@ -112,12 +112,21 @@ def _merge_args(args: Sequence[Any], in_axes: tuple, per_seed: Sequence[Any]) ->
     return [next(it) if ax == 0 else a for a, ax in zip(args, in_axes)]
 
 
-def seed_map(fn: Callable, strategy: str, in_axes: Sequence[Any]) -> Callable:
+def seed_map(fn: Callable, strategy: str, in_axes: Sequence[Any],
+             inplace: Optional[Mapping[int, int]] = None) -> Callable:
     """Map ``fn(*args)`` over axis 0 of the args whose ``in_axes`` entry is 0 (others are shared), as a
     *traceable* function (put it inside ``jit``/``shard_map``). Outputs gain a leading seed axis.
 
     ``strategy``: ``"vmap"``, ``"loop"`` or ``"chunk:K"``. ``"sequential"`` is a host loop, not a
     traceable function: build it with :func:`ensemble_program`.
+
+    ``inplace``: ``{output position: argument position}`` (``fn`` then returns a tuple) — outputs with
+    the per-seed structure of a per-seed argument, such as the new train state of an epoch for the old
+    one. ``"loop"``/``"chunk:K"`` then carry that argument through a ``fori_loop`` over the seeds and
+    overwrite seed ``i``'s slot in place, so a donated stacked state is updated where it lies instead
+    of being sliced into a second stacked copy (``lax.map``'s outputs): one ensemble state in memory,
+    and measured 1.05x a ``lax.map`` loop on 4 CIFAR-10 CNN seeds (benchmarks/RESULTS.md). ``vmap``
+    ignores it. Same values either way.
     """
     in_axes = tuple(in_axes)
     if any(ax not in (0, None) for ax in in_axes):
@@ -127,10 +136,16 @@ def seed_map(fn: Callable, strategy: str, in_axes: Sequence[Any]) -> Callable:
         return jax.vmap(fn, in_axes=in_axes)
     if st.kind == "sequential":
         raise ValueError("the 'sequential' strategy is a host-side loop: build it with ensemble_program()")
+    inplace = dict(inplace or {})
+    for j in inplace.values():
+        if in_axes[j] != 0:
+            raise ValueError(f"inplace argument {j} must be per-seed (in_axes 0)")
 
     def mapped(*args):
         if len(args) != len(in_axes):
             raise TypeError(f"expected {len(in_axes)} arguments, got {len(args)}")
+        if inplace:
+            return _inplace_map(fn, args, in_axes, inplace, st.chunk or 1)
 
         def one(sliced):
             return fn(*_merge_args(args, in_axes, sliced))
@@ -140,6 +155,66 @@ def seed_map(fn: Callable, strategy: str, in_axes: Sequence[Any]) -> Callable:
         return jax.lax.map(one, _split_args(args, in_axes), batch_size=st.chunk or None)
 
     return mapped
+
+
+def _inplace_map(fn: Callable, args: Sequence[Any], in_axes: tuple, inplace: Mapping[int, int], k: int):
+    """``seed_map``'s loop over groups of ``k`` seeds (``vmap`` inside a group of more than one) with
+    the ``inplace`` outputs written into their arguments' stacked buffers, carried by ``fori_loop``;
+    a remainder group (``k`` not dividing S) runs once after the loop."""
+    n = jax.tree.leaves(_split_args(args, in_axes))[0].shape[0]
+    k = min(k, n)  # chunk:K with K >= S is one vmapped group
+
+    def take(a, start, size):
+        if k == 1:
+            return jax.lax.dynamic_index_in_dim(a, start, 0, keepdims=False)
+        return jax.lax.dynamic_slice_in_dim(a, start, size, 0)
+
+    def put(buf, v, start, size):
+        v = v.astype(buf.dtype)
+        if k == 1:
+            return jax.lax.dynamic_update_index_in_dim(buf, v, start, 0)
+        return jax.lax.dynamic_update_slice_in_dim(buf, v, start, 0)
+
+    def run_group(start, size, carried, bufs):
+        call = fn if k == 1 else jax.vmap(fn, in_axes=in_axes)
+        cur = list(args)
+        for j, v in carried.items():
+            cur[j] = v
+        sliced = [jax.tree.map(lambda a: take(a, start, size), x) if ax == 0 else x
+                  for x, ax in zip(cur, in_axes)]
+        outs = call(*sliced)
+        if not isinstance(outs, tuple):
+            raise TypeError("seed_map(..., inplace=...) needs fn to return a tuple")
+        carried = dict(carried)
+        bufs = dict(bufs)
+        for pos, o in enumerate(outs):
+            if pos in inplace:
+                j = inplace[pos]
+                carried[j] = jax.tree.map(lambda b, v: put(b, v, start, size), carried[j], o)
+            else:
+                bufs[pos] = jax.tree.map(lambda b, v: put(b, v, start, size), bufs[pos], o)
+        return carried, bufs
+
+    # the non-in-place outputs' stacked buffers, shaped from one seed's abstract outputs
+    one_shapes = jax.eval_shape(lambda *a: _one_seed_outputs(fn, a, in_axes), *args)
+    bufs = {pos: jax.tree.map(lambda s: jnp.zeros((n,) + s.shape, s.dtype), o)
+            for pos, o in enumerate(one_shapes) if pos not in inplace}
+    carried = {j: args[j] for j in sorted(set(inplace.values()))}
+    n_groups, rem = divmod(n, k)
+
+    def body(g, c):
+        return run_group(g * k, k, *c)
+
+    carried, bufs = jax.lax.fori_loop(0, n_groups, body, (carried, bufs))
+    if rem:
+        carried, bufs = run_group(n_groups * k, rem, carried, bufs)
+    return tuple(carried[inplace[pos]] if pos in inplace else bufs[pos] for pos in range(len(one_shapes)))
+
+
+def _one_seed_outputs(fn: Callable, args: Sequence[Any], in_axes: tuple):
+    """``fn``'s outputs for seed 0 of ``args`` (trace only: used under ``eval_shape``)."""
+    sliced = [jax.tree.map(lambda a: a[0], x) if ax == 0 else x for x, ax in zip(args, in_axes)]
+    return fn(*sliced)
 
 
 def _jit(fn: Callable, in_axes: tuple, donate_argnums: tuple) -> Callable:
@@ -172,8 +247,8 @@ def ensemble_program(
       donate_argnums: arguments whose buffers the program may reuse.
       inplace: ``{output position: argument position}`` — outputs with the per-seed structure of a
         per-seed argument (e.g. the new train state of an epoch, output 0, for the old one, arg 0).
-        ``"sequential"`` writes them back into that argument's stacked buffer in place instead of
-        allocating a second stacked copy; the other strategies ignore it.
+        ``"sequential"``, ``"loop"`` and ``"chunk:K"`` write them back into that argument's stacked
+        buffer in place instead of allocating a second stacked copy; ``"vmap"`` ignores it.
       sync_each: ``"sequential"`` only: wait for each seed's program before queuing the next.
         ``None`` (default): on the CPU backend only, where queuing many programs that hold
         collectives (a data-parallel layout) without syncing deadlocked XLA:CPU (TOOLCHAIN.md). The
@@ -187,7 +262,7 @@ def ensemble_program(
     in_axes = tuple(in_axes)
     st = parse_strategy(strategy)
     if st.in_program:
-        return compile(seed_map(fn, str(st), in_axes), in_axes, tuple(donate_argnums))
+        return compile(seed_map(fn, str(st), in_axes, inplace), in_axes, tuple(donate_argnums))
     return _sequential_program(fn, in_axes, n_seeds, compile, tuple(donate_argnums), dict(inplace or {}), sync_each)
 
 
@@ -477,7 +552,8 @@ def calibrate(
                 st = parse_strategy(c)
                 if st.in_program:
                     f = functools.partial(step_lib.train_epoch, fns, batch_size)
-                    compiled = jax.jit(seed_map(f, c, (0, 0, None, None, None)), donate_argnums=(0,)).lower(
+                    compiled = jax.jit(seed_map(f, c, (0, 0, None, None, None), {0: 0}),
+                                       donate_argnums=(0,)).lower(
                         state, subsets, x, y, jnp.int32(e0)).compile()
                     need = _temp_bytes(compiled)
                     if budget is not None and need is not None and need > budget:

@@ -142,7 +142,7 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
 
     def epoch_block(states, subsets, x, y, epoch):
         f = functools.partial(step_lib.train_epoch, fns, bs)
-        return seed_map(f, strat, (0, 0, None, None, None))(states, subsets, x, y, epoch)
+        return seed_map(f, strat, (0, 0, None, None, None), inplace={0: 0})(states, subsets, x, y, epoch)
 
     def eval_one(state, subset, x_tr, y_tr, x_te, y_te, epoch):
         key = step_lib.eval_key(state, epoch)
@@ -161,7 +161,7 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
         return out, state.replace(norm_state=norm_state, nonfinite=bad)
 
     def eval_block(states, subsets, x_tr, y_tr, x_te, y_te, epoch):
-        return seed_map(eval_one, strat, (0, 0, None, None, None, None, None))(
+        return seed_map(eval_one, strat, (0, 0, None, None, None, None, None), inplace={1: 0})(
             states, subsets, x_tr, y_tr, x_te, y_te, epoch)
 
     @functools.lru_cache(maxsize=None)
