@@ -124,9 +124,8 @@ def seed_map(fn: Callable, strategy: str, in_axes: Sequence[Any],
     the per-seed structure of a per-seed argument, such as the new train state of an epoch for the old
     one. ``"loop"``/``"chunk:K"`` then carry that argument through a ``fori_loop`` over the seeds and
     overwrite seed ``i``'s slot in place, so a donated stacked state is updated where it lies instead
-    of being sliced into a second stacked copy (``lax.map``'s outputs): one ensemble state in memory,
-    and measured 1.05x a ``lax.map`` loop on 4 CIFAR-10 CNN seeds (benchmarks/RESULTS.md). ``vmap``
-    ignores it. Same values either way.
+    of being sliced into a second stacked copy (``lax.map``'s outputs): one ensemble state in memory
+    instead of two. ``vmap`` ignores it. Same values either way.
     """
     in_axes = tuple(in_axes)
     if any(ax not in (0, None) for ax in in_axes):
