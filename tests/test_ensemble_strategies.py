@@ -15,6 +15,7 @@ from jaxscale.data import load_dataset
 from jaxscale.errors import UsageError
 from jaxscale.train import build_experiment, run_experiment
 from jaxscale.train import step as step_lib
+from jaxscale.train.ensemble import _pick  # noqa: E402  (the tie rule, tested directly)
 from jaxscale.train.ensemble import (EnsembleChoice, StrategyCache, calibrate, calibration_key, choose_strategy,
                                      ensemble_program, epoch_program, parse_strategy, resolve_strategy, seed_map)
 from jaxscale.train.loop import make_programs, stacked_seed_keys
@@ -182,7 +183,7 @@ def test_auto_calibrates_then_caches(exp, start):
     assert isinstance(first, EnsembleChoice) and first.reason == "calibrated"
     assert first.strategy in cands and set(first.timings_s) == set(cands)
     assert all(isinstance(v, float) and v > 0 for v in first.timings_s.values())
-    assert first.strategy == min(first.timings_s, key=first.timings_s.get) and first.calibration_s > 0
+    assert first.strategy == _pick(first.timings_s) and first.calibration_s > 0
     again = choose_strategy("auto", exp.fns, 32, S, x, y, candidates=cands, cache=cache)
     assert (again.reason, again.strategy, len(cache)) == ("cached", first.strategy, 1)
     # what the decision depends on: another seed count, batch or precision is another decision
@@ -191,6 +192,13 @@ def test_auto_calibrates_then_caches(exp, start):
     for other in (calibration_key(exp.fns, 32, 2, "fp32", cands), calibration_key(exp.fns, 64, S, "fp32", cands),
                   calibration_key(exp.fns, 32, S, "bf16", cands)):
         assert other != key and cache.get(other) is None
+
+
+def test_pick_fastest_with_ties_to_an_in_program_strategy():
+    assert _pick({"sequential": 1.0, "loop": 1.2, "vmap": 1.5}) == "sequential"
+    assert _pick({"sequential": 1.0, "loop": 1.02, "vmap": 1.5}) == "loop"  # tie: one program
+    assert _pick({"sequential": 1.0, "loop": 1.02, "vmap": 1.01}) == "vmap"  # fastest of the tied
+    assert _pick({"sequential": 1.0}) == "sequential"
 
 
 def test_calibration_skips_candidates_over_the_memory_budget(exp, start):
