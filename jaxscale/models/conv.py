@@ -72,7 +72,11 @@ def patch_chunk_bytes(n: int) -> Iterator[None]:
     """Trace-time setting, like ``jax.default_matmul_precision``: programs *traced* inside this
     context convolve (``impl="patches"``) in chunks of at most ``n`` bytes of patches (``0``: the
     whole batch at once). Same values either way; it changes speed and memory only. Used to tune a
-    CPU's cache size, and by the FLOP count (XLA's cost analysis counts a loop body once)."""
+    CPU's cache size, and by the FLOP count (XLA's cost analysis counts a loop body once).
+
+    ``jax.jit`` caches are not keyed on it: a program already traced outside the context keeps its
+    chunking. Wrap the call that first traces a program (e.g. ``jaxscale.experiment.run``, which
+    traces its programs inside the call)."""
     if int(n) < 0:
         raise ValueError(f"patch chunk bytes must be >= 0, got {n}")
     token = _chunk_bytes.set(int(n))

@@ -8,8 +8,9 @@ axis, so they all give the same numbers (to float tolerance: XLA may order reduc
   per-op launch cost dominates (GPUs, small models).
 * ``"loop"``: the seeds run one after another *inside* one jitted program (``lax.map``, or a
   ``fori_loop`` updating the stacked state in place: no per-seed dispatch, no grouped convolutions).
-* ``"chunk:K"``: ``lax.map`` over groups of K seeds, ``vmap`` inside a group — the seed-batch size
-  per device: the widest program that fits in memory (``K >= S`` is ``vmap``, ``K = 1`` is ``loop``).
+* ``"chunk:K"``: a loop over groups of K seeds (``lax.map``, or a ``fori_loop`` plus one remainder
+  group when outputs are updated in place), ``vmap`` inside a group — the seed-batch size per
+  device: the widest program that fits in memory (``K >= S`` is ``vmap``, ``K = 1`` is ``loop``).
 * ``"sequential"``: a *host* loop calling the jitted one-seed program once per seed, reading seed
   ``i`` out of the stacked state and writing it back in place (donated buffers). This is the honest
   "never slower than training the seeds one at a time" baseline, kept in the same stacked layout as
