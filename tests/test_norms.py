@@ -734,6 +734,25 @@ def test_in_step_norms_use_no_batched_lapack_qr():
         assert all(len(s) == 2 for s in shapes), (name, shapes)
 
 
+def test_orthonormal_rows_vmap_rule_batches_the_qr_off_cpu(monkeypatch):
+    """Off XLA:CPU the vmap rule keeps ONE batched QR (a loop of S tiny QRs per layer per step would
+    be launch-bound on a GPU); on CPU it maps unbatched ones. Same values either way."""
+    from jaxscale.norms import power
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 50))
+    f = jax.vmap(power._orthonormal_rows)
+    assert power._map_qr_over_batch("cpu") and not power._map_qr_over_batch("gpu")
+    on_cpu = f(x)
+    assert all(len(s) == 2 for s in _qr_operand_shapes(jax.make_jaxpr(f)(x).jaxpr))
+    np.testing.assert_allclose(on_cpu, jnp.stack([power._orthonormal_rows(a) for a in x]), rtol=1e-5, atol=1e-6)
+    # another shape: jax caches the traced rule per shape
+    y = jax.random.normal(jax.random.PRNGKey(1), (3, 5, 40))
+    ref = jnp.stack([power._orthonormal_rows(a) for a in y])
+    monkeypatch.setattr(power, "_map_qr_over_batch", lambda backend=None: False)
+    assert [len(s) for s in _qr_operand_shapes(jax.make_jaxpr(f)(y).jaxpr)] == [3]  # one batched QR
+    np.testing.assert_allclose(f(y), ref, rtol=1e-5, atol=1e-6)
+
+
 def test_vmapped_qr_orthonormalisation_does_not_hang():
     """The XLA:CPU deadlock repro (6 QRs of [8, 4, 32768] batched in one program, hung on the 2nd
     call) runs many times through ``_orthonormal_rows``'s vmap rule, in a subprocess with a timeout

@@ -115,19 +115,32 @@ def _orthonormal_rows(x: jax.Array) -> jax.Array:
     Row ``j`` of the result spans rows ``0..j`` of ``x``, so the best guess (row 0) stays first.
     Householder QR returns an orthonormal basis even when ``x`` is rank-deficient, so no NaN appears.
 
-    Never batched: several *batched* LAPACK QRs in one program (what ``vmap`` over seeds makes of
-    the per-layer QRs of a train step) deadlocked XLA:CPU in jax 0.10.2 (every runtime thread
-    parked; reproduced with 6 QRs of ``[8, 32768, 4]`` in one jitted function, hanging on the 2nd
-    call). The vmap rule below maps the unbatched QR over the batch instead (``lax.map``).
+    Never batched on CPU: several *batched* LAPACK QRs in one program (what ``vmap`` over seeds
+    makes of the per-layer QRs of a train step) deadlocked XLA:CPU in jax 0.10.2 (every runtime
+    thread parked; reproduced with 6 QRs of ``[8, 32768, 4]`` in one jitted function, hanging on the
+    2nd call). The vmap rule below maps the unbatched QR over the batch there (``lax.map``); on
+    GPU/TPU it stays one batched QR (a loop of S tiny QRs per layer per step would be launch-bound).
     """
-    q, _ = jnp.linalg.qr(x.T)
-    return q.T
+    return _qr_rows(x)
+
+
+def _qr_rows(x: jax.Array) -> jax.Array:
+    """Q of the rows of ``x [..., k, n]`` (any leading batch dims) -> ``[..., k, n]``."""
+    q, _ = jnp.linalg.qr(jnp.swapaxes(x, -1, -2))
+    return jnp.swapaxes(q, -1, -2)
+
+
+def _map_qr_over_batch(backend: str | None = None) -> bool:
+    """Whether batched QRs must be split into a loop of unbatched ones (XLA:CPU only)."""
+    return (backend or jax.default_backend()) == "cpu"
 
 
 @_orthonormal_rows.def_vmap
 def _orthonormal_rows_vmap(axis_size, in_batched, x):
     del axis_size, in_batched
-    return lax.map(_orthonormal_rows, x), True
+    if _map_qr_over_batch():
+        return lax.map(_orthonormal_rows, x), True
+    return _qr_rows(x), True
 
 
 def block_power_iteration(
