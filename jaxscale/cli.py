@@ -99,13 +99,15 @@ def _cmd_run(args) -> int:
     cfg = load_config(args.config, overrides)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
 
-    from jaxscale.experiment import format_summary, run, summary_rows
+    from jaxscale.experiment import check_run_dir, format_summary, run, summary_rows
     from jaxscale.progress import ProgressPrinter, fmt_duration
     from jaxscale.train import build_experiment
     from jaxscale.train.preemption import Interrupted
     from jaxscale.train.sharding import plan_layout
 
     primary = distributed.is_primary()
+    if primary:
+        check_run_dir(out, args.restart)
     say = (lambda text: print(text, file=sys.stderr)) if primary else (lambda text: None)  # noqa: E731
     exp = build_experiment(cfg)  # loads the data and builds the model: every config error shows here
     layout = plan_layout(cfg.parallel, cfg.train.seeds)

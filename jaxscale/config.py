@@ -15,8 +15,10 @@ is optional except ``train.P``. Unknown keys, wrong types and impossible values 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -148,15 +150,41 @@ class Config:
 # Loading and validation
 
 
-def load_config(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> Config:
-    """Read a TOML config, apply ``overrides`` ({"train.epochs": 3, ...}), validate, return it."""
+#: a run name becomes a directory under runs/: one path component of ordinary characters
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+#: integers must fit the int32 counters of the compiled programs (epochs, steps, sizes)
+INT_LIMIT = 2**31 - 1
+#: top-level keys that only one kind of config has: the other command is what the user wanted
+_PERCEPTRON_ONLY = ("N", "alpha", "steps", "dynamics", "init_norm", "theory_points")
+DEEP_SECTIONS = ("model", "data", "train", "norms", "parallel", "checkpoint")
+
+
+def load_toml(path: str | Path, example: str) -> dict:
+    """The table of a TOML file; every way of not being one is a :class:`UsageError` naming the fix
+    (``example`` is a path to suggest, e.g. ``configs/quickstart.toml``)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} not found: pass the path of a TOML file, e.g. configs/quickstart.toml")
+        raise UsageError(f"config file {str(path)!r} not found: pass the path of a TOML file, e.g. {example}")
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (byte {e.start}): save the config as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: invalid TOML ({e}): fix the syntax") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read it ({e.strerror}): check the path and its permissions") from None
+
+
+def check_name(name: str, source: str, key: str = "name") -> None:
+    """A run name is the default output directory ``runs/<name>``: it must stay one plain component."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise UsageError(f"{source}: {key} = {name!r} is not a valid run name: use letters, digits and . _ + - "
+                         "(no path separators, not empty), e.g. name = \"my_run\"")
+
+
+def load_config(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> Config:
+    """Read a TOML config, apply ``overrides`` ({"train.epochs": 3, ...}), validate, return it."""
+    raw = load_toml(path, "configs/quickstart.toml")
     return config_from_dict(raw, overrides, source=str(path))
 
 
@@ -167,15 +195,21 @@ def config_from_dict(
     for dotted, value in (overrides or {}).items():
         *parents, leaf = dotted.split(".")
         node = raw
-        for p in parents:
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                where = ".".join(parents[:i + 1])
+                raise UsageError(f"{source}: cannot set {dotted}: {where} is a value, not a table; "
+                                 f"set {where} itself, e.g. --set {where}=...")
         node[leaf] = value
-    cfg = _build(Config, raw, prefix="", source=source)
+    cfg = build_table(Config, raw, prefix="", source=source)
     validate(cfg, source=source)
     return cfg
 
 
-def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
+def build_table(cls: type, raw: Any, *, prefix: str = "", source: str = "config") -> Any:
+    """The dataclass ``cls`` from a parsed TOML table: unknown keys, wrong types, non-finite numbers
+    and out-of-range integers are :class:`UsageError`; nested dataclasses are sub-tables."""
     if not isinstance(raw, Mapping):
         raise UsageError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a table: write it as [{prefix.rstrip('.')}]")
     hints = typing.get_type_hints(cls)
@@ -183,6 +217,9 @@ def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         key = prefix + unknown[0]
+        if not prefix and set(unknown) & set(_PERCEPTRON_ONLY) and not set(raw) & set(DEEP_SECTIONS):
+            raise UsageError(f"{source} is a perceptron config (key {key!r}): run it with "
+                             f"`jaxscale perceptron run {source}`")
         raise UsageError(
             f"{source}: unknown key {key!r}: valid keys in [{prefix.rstrip('.') or 'top level'}] are "
             + ", ".join(sorted(fields))
@@ -196,7 +233,7 @@ def _build(cls: type, raw: Any, *, prefix: str, source: str) -> Any:
 def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, prefix=key + ".", source=source)
+        return build_table(tp, value, prefix=key + ".", source=source)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _coerce(args[0], value, key=key, source=source)
@@ -205,7 +242,7 @@ def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
         if not isinstance(value, (list, tuple)):
             value = [value]  # a single P or mean value is a one-element list
         return tuple(_coerce(elem, v, key=f"{key}[{i}]", source=source) for i, v in enumerate(value))
-    if origin in (Mapping, dict) or tp is Mapping:
+    if origin in (collections.abc.Mapping, dict) or tp is Mapping:
         if not isinstance(value, Mapping):
             raise UsageError(f"{source}: {key} must be a table of overrides, e.g. {key} = {{ channels = [16, 32] }}")
         return dict(value)
@@ -214,14 +251,18 @@ def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
             raise UsageError(f"{source}: {key} must be true or false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
             raise UsageError(f"{source}: {key} must be an integer, got {value!r}")
+        if abs(value) > INT_LIMIT:
+            raise UsageError(f"{source}: {key} = {value} is out of range: use a value of magnitude below 2**31")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UsageError(f"{source}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise UsageError(f"{source}: {key} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -230,7 +271,7 @@ def _coerce(tp: Any, value: Any, *, key: str, source: str) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")  # programming error, not user error
 
 
-def _choice(source: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(source: str, key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UsageError(f"{source}: {key} = {value!r} is not valid: choose one of {', '.join(choices)}")
 
@@ -238,16 +279,17 @@ def _choice(source: str, key: str, value: str, choices: tuple[str, ...]) -> None
 def validate(cfg: Config, *, source: str = "config") -> None:
     """Checks that need no dataset or model (those happen when they are built)."""
     m, d, t, n, p, c = cfg.model, cfg.data, cfg.train, cfg.norms, cfg.parallel, cfg.checkpoint
-    _choice(source, "model.family", m.family, FAMILIES)
-    _choice(source, "model.init", m.init, ("head", "old"))
-    _choice(source, "model.conv_impl", m.conv_impl, ("auto", "xla", "patches"))
+    check_name(cfg.name, source)
+    check_choice(source, "model.family", m.family, FAMILIES)
+    check_choice(source, "model.init", m.init, ("head", "old"))
+    check_choice(source, "model.conv_impl", m.conv_impl, ("auto", "xla", "patches"))
     if not (m.init_factor > 0 and math.isfinite(m.init_factor)):
         raise UsageError(f"{source}: model.init_factor must be a positive number, got {m.init_factor}")
     from jaxscale.data import DATASETS  # local import: keeps `jaxscale.config` light to import
 
-    _choice(source, "data.dataset", d.dataset, DATASETS)
+    check_choice(source, "data.dataset", d.dataset, DATASETS)
     if d.augment is not None:
-        _choice(source, "data.augment", d.augment, AUGMENTS)
+        check_choice(source, "data.augment", d.augment, AUGMENTS)
     if (d.mean is None) != (d.std is None):
         raise UsageError(f"{source}: data.mean and data.std must be given together (or neither, for the protocol defaults)")
     if d.std is not None and (len(d.std) != len(d.mean) or any(s <= 0 for s in d.std)):
@@ -260,6 +302,10 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise UsageError(f"{source}: train.P must contain positive integers, got {list(t.P)}")
     if len(set(t.P)) != len(t.P):
         raise UsageError(f"{source}: train.P has duplicates {list(t.P)}: list each size once")
+    if list(t.P) != sorted(t.P):
+        # the P axis of curves.npz is increasing: analysis indexes it (--min-p) and fits ln P
+        raise UsageError(f"{source}: train.P = {list(t.P)} is not increasing: list the sizes in increasing order, "
+                         f"e.g. {sorted(t.P)}")
     for key, val in (("train.seeds", t.seeds), ("train.epochs", t.epochs), ("train.batch_size", t.batch_size),
                      ("train.log_points", t.log_points), ("norms.power_iterations", n.power_iterations),
                      ("checkpoint.keep", c.keep)):
@@ -271,16 +317,16 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise UsageError(f"{source}: train.lr must be a positive number, got {t.lr}")
     if t.weight_decay < 0:
         raise UsageError(f"{source}: train.weight_decay must be >= 0, got {t.weight_decay}")
-    _choice(source, "train.optimizer", t.optimizer, OPTIMIZERS)
-    _choice(source, "train.precision", t.precision, PRECISIONS)
-    _choice(source, "norms.convention", n.convention, CONVENTIONS)
+    check_choice(source, "train.optimizer", t.optimizer, OPTIMIZERS)
+    check_choice(source, "train.precision", t.precision, PRECISIONS)
+    check_choice(source, "norms.convention", n.convention, CONVENTIONS)
     if n.every < 0:
         raise UsageError(f"{source}: norms.every must be >= 0 (0 = only at logged epochs), got {n.every}")
     if n.exact_steps < 0:
         raise UsageError(f"{source}: norms.exact_steps must be >= 0 (0 = cheap in-step norms from the first step), "
                          f"got {n.exact_steps}")
-    _choice(source, "parallel.ensemble", p.ensemble, ENSEMBLE_STRATEGIES)
-    _choice(source, "parallel.api", p.api, PARALLEL_APIS)
+    check_choice(source, "parallel.ensemble", p.ensemble, ENSEMBLE_STRATEGIES)
+    check_choice(source, "parallel.api", p.api, PARALLEL_APIS)
     if p.seeds_per_device < 0:
         raise UsageError(f"{source}: parallel.seeds_per_device must be >= 0 (0 = spread evenly), got {p.seeds_per_device}")
     if p.data < 0:

@@ -22,11 +22,12 @@ import numpy as np
 
 from jaxscale.config import Config, to_toml
 from jaxscale.errors import UsageError
-from jaxscale.io import save_text_atomic
+from jaxscale.io import DirectoryLock, check_output_dir, save_text_atomic
 from jaxscale.results import Curves, environment_info, write_manifest
 from jaxscale.train import checkpoint as checkpoint_lib
 from jaxscale.train import distributed
-from jaxscale.train.loop import EpochHook, Experiment, ProgressFn, RunStats, build_experiment, run_experiment
+from jaxscale.train.loop import (EpochHook, Experiment, ProgressFn, RunStats, build_experiment, choose_resume,
+                                 run_experiment)
 from jaxscale.train.preemption import stop_on_signals
 from jaxscale.train.sharding import Layout
 
@@ -40,89 +41,155 @@ class RunResult:
 
 
 CHECKPOINT_DIR = "checkpoints"
+#: written last, once every other result file is complete: its presence means "finished"
+MANIFEST = "manifest.json"
+RESULT_FILES = ("curves.npz", "config.toml")
+
+
+def is_finished(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds a finished run (its manifest, written after every other file)."""
+    return (Path(out_dir) / MANIFEST).is_file()
+
+
+def check_run_dir(out_dir: str | Path, restart: bool = False) -> Path:
+    """The refusals of :func:`run` that need no training config, checked without writing anything:
+    ``out_dir`` must be a usable directory path, not hold a finished run (unless ``restart``) and
+    not be in use by another run."""
+    out_dir = check_output_dir(out_dir, "--out")
+    _refuse_finished(out_dir, restart)
+    if (out_dir / DirectoryLock.NAME).is_file():
+        DirectoryLock(out_dir).acquire().release()
+    return out_dir
+
+
+def _refuse_finished(out_dir: Path, restart: bool) -> None:
+    if not restart and is_finished(out_dir):
+        raise UsageError(f"{out_dir} already holds a finished run ({MANIFEST}): pass --restart (restart=True) "
+                         "to run it again from scratch, or choose another --out directory")
 
 
 def run(cfg: Config, out_dir: str | Path, *, progress: Optional[ProgressFn] = None, dataset=None,
         experiment: Optional[Experiment] = None, restart: bool = False, layout: Optional[Layout] = None,
         handle_signals: bool = True, warn: Optional[Callable[[str], None]] = None,
         on_epoch: Optional[EpochHook] = None) -> RunResult:
-    """Train the experiment of ``cfg`` and write ``out_dir/{curves.npz, manifest.json, config.toml}``.
+    """Train the experiment of ``cfg`` and write ``out_dir/{config.toml, curves.npz, manifest.json}``.
 
     Resumes from the newest usable checkpoint in ``out_dir/checkpoints`` if there is one; checkpoints
-    are saved there by ``cfg.checkpoint`` and deleted once the results are written. ``restart=True``
-    deletes old checkpoints and results first. A directory that already holds finished results (and
-    no checkpoint) raises :class:`UsageError` unless ``restart``.
+    are saved there by ``cfg.checkpoint`` (and after the last epoch) and deleted once the results are
+    written. ``manifest.json`` is written last: a directory without it is unfinished, and running again
+    completes it (from the final checkpoint, without training, if only the results writes failed).
+    ``restart=True`` first deletes the files jaxscale wrote there (results, ``analysis/`` outputs,
+    checkpoint steps) and nothing else. A finished directory raises :class:`UsageError` unless
+    ``restart``, as does a directory another run is using (see :class:`~jaxscale.io.DirectoryLock`)
+    or checkpoints of another training config; a refused run changes nothing on disk.
 
-    With ``handle_signals`` (main thread only), SIGTERM/SIGINT stop the run at the end of the current
-    epoch with a checkpoint and raise :class:`~jaxscale.train.preemption.Interrupted`.
+    With ``handle_signals`` (main thread only), SIGTERM/SIGINT stop the run at the next epoch boundary
+    with a checkpoint and raise :class:`~jaxscale.train.preemption.Interrupted`.
 
     ``experiment`` (from :func:`jaxscale.train.build_experiment`) skips the build step, e.g. when the
     caller already built it to validate the config. In a multi-host run every process calls this; only
-    process 0 writes the results files. Every file is written atomically; ``curves.npz`` appears only
-    once the run is complete.
+    process 0 writes the results files and holds the lock. Every file is written atomically.
     """
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir, "--out")
     ck_dir = out_dir / CHECKPOINT_DIR
     primary = distributed.is_primary()
-    if restart:
-        checkpoint_lib.wipe(ck_dir)
+    with _claim(out_dir, primary) as claim:
+        _refuse_finished(out_dir, restart)  # again, now that the directory is ours
+        if restart:
+            clear_run_dir(out_dir)
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        exp = experiment or build_experiment(cfg, dataset)
+        setup_s = time.perf_counter() - t0
+        c = cfg.checkpoint
+        checkpoints = checkpoint_lib.Checkpoints(ck_dir, keep=c.keep, every_epochs=c.every_epochs,
+                                                 every_minutes=c.every_minutes, warn=warn)
+        try:
+            resume = choose_resume(checkpoints, cfg)  # refuses another config before anything is written
+            if primary:
+                save_text_atomic(out_dir / "config.toml", to_toml(cfg))
+            claim.started = True
+            with contextlib.ExitStack() as stack:
+                stop = stack.enter_context(stop_on_signals()) if handle_signals else None
+                curves, stats = run_experiment(exp, progress=progress, layout=layout, checkpoints=checkpoints,
+                                               resume=resume, stop=stop, on_epoch=on_epoch)
+        finally:
+            checkpoints.close()
+        manifest = {
+            "jaxscale_results_format": 1,
+            "name": cfg.name,
+            "started_utc": started,
+            "config": cfg.to_dict(),
+            "resolved": {
+                "model_family": exp.spec.family,
+                "model_hyper": dict(exp.spec.hyper),
+                "input_shape": list(exp.spec.input_shape),
+                "num_classes": exp.spec.num_classes,
+                "n_train": exp.dataset.n_train,
+                "n_test": int(exp.dataset.x_test.shape[0]),
+                "ensemble_strategy": exp.strategy,
+                "layout": stats.layout,
+                "logged_epochs": exp.epochs_logged.tolist(),
+                "norms": list(exp.norm_names),
+            },
+            "environment": environment_info(),
+            "timing": {"setup_s": setup_s, "train_wall_s": stats.wall_s, "per_P": stats.per_P,
+                       "earlier_sessions_wall_s": stats.earlier_wall_s},
+            "resumed_from": stats.resumed_from,
+            "nonfinite_seeds": stats.nonfinite,
+        }
         if primary:
-            for name in ("curves.npz", "manifest.json"):
-                (out_dir / name).unlink(missing_ok=True)
-    elif (out_dir / "curves.npz").exists() and not _has_steps(ck_dir):
-        raise UsageError(f"{out_dir} already holds a finished run (curves.npz): pass --restart (restart=True) to "
-                         "run it again from scratch, or choose another --out directory")
-    started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
-    exp = experiment or build_experiment(cfg, dataset)
-    setup_s = time.perf_counter() - t0
-    c = cfg.checkpoint
-    checkpoints = checkpoint_lib.Checkpoints(ck_dir, keep=c.keep, every_epochs=c.every_epochs,
-                                             every_minutes=c.every_minutes, warn=warn)
-    if primary:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_text_atomic(out_dir / "config.toml", to_toml(cfg))
-    try:
-        with contextlib.ExitStack() as stack:
-            stop = stack.enter_context(stop_on_signals()) if handle_signals else None
-            curves, stats = run_experiment(exp, progress=progress, layout=layout, checkpoints=checkpoints,
-                                           stop=stop, on_epoch=on_epoch)
-    finally:
-        checkpoints.close()
-    manifest = {
-        "jaxscale_results_format": 1,
-        "name": cfg.name,
-        "started_utc": started,
-        "config": cfg.to_dict(),
-        "resolved": {
-            "model_family": exp.spec.family,
-            "model_hyper": dict(exp.spec.hyper),
-            "input_shape": list(exp.spec.input_shape),
-            "num_classes": exp.spec.num_classes,
-            "n_train": exp.dataset.n_train,
-            "n_test": int(exp.dataset.x_test.shape[0]),
-            "ensemble_strategy": exp.strategy,
-            "layout": stats.layout,
-            "logged_epochs": exp.epochs_logged.tolist(),
-            "norms": list(exp.norm_names),
-        },
-        "environment": environment_info(),
-        "timing": {"setup_s": setup_s, "train_wall_s": stats.wall_s, "per_P": stats.per_P,
-                   "earlier_sessions_wall_s": stats.earlier_wall_s},
-        "resumed_from": stats.resumed_from,
-        "nonfinite_seeds": stats.nonfinite,
-    }
-    if primary:
-        curves.save(out_dir / "curves.npz")
-        write_manifest(out_dir / "manifest.json", manifest)
-    # results are complete: the checkpoints are no longer needed
-    checkpoint_lib.wipe(ck_dir)
+            curves.save(out_dir / "curves.npz")
+            write_manifest(out_dir / MANIFEST, manifest)  # last: marks the run finished
+        # results are complete: the checkpoints are no longer needed
+        checkpoint_lib.wipe(ck_dir)
     return RunResult(out_dir=out_dir, curves=curves, stats=stats, manifest=manifest)
 
 
-def _has_steps(ck_dir: Path) -> bool:
-    """Whether ``ck_dir`` holds at least one committed orbax step directory (digits only)."""
-    return ck_dir.is_dir() and any(p.is_dir() and p.name.isdigit() for p in ck_dir.iterdir())
+def clear_run_dir(out_dir: Path) -> None:
+    """Delete what jaxscale wrote in ``out_dir`` (``--restart``): the manifest first (so an interrupted
+    clean-up never looks finished), the other results, analysis outputs and checkpoint steps. Files
+    and folders jaxscale did not write stay."""
+    from jaxscale.analysis.cli import ANALYSIS_DIR, analysis_files
+
+    if distributed.is_primary():
+        for name in (MANIFEST, *RESULT_FILES):
+            (out_dir / name).unlink(missing_ok=True)
+        analysis_dir = out_dir / ANALYSIS_DIR
+        for path in analysis_files(analysis_dir):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            analysis_dir.rmdir()  # only if nothing else is in it
+    checkpoint_lib.wipe(out_dir / CHECKPOINT_DIR)
+
+
+class _Claim:
+    started = False  # set once the run has written its first file
+
+
+@contextlib.contextmanager
+def _claim(out_dir: Path, primary: bool):
+    """Hold the run directory's lock (process 0). If the run fails before writing anything, remove
+    what claiming it created (the directory, its lock file, an empty checkpoints folder), so a
+    refused run leaves no trace."""
+    claim = _Claim()
+    if not primary:
+        yield claim
+        return
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(out_dir).acquire()
+    try:
+        yield claim
+    except BaseException:
+        if created and not claim.started:
+            lock.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (out_dir / CHECKPOINT_DIR).rmdir()
+                out_dir.rmdir()
+        raise
+    finally:
+        lock.release()
 
 
 def summary_rows(curves: Curves, norm: str = "spectral_complexity") -> list[dict]:

@@ -64,3 +64,67 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """``path`` as a directory that can be created or written, else :class:`UsageError` (naming
+    ``flag``, e.g. ``--out``); creates nothing."""
+    from jaxscale.errors import UsageError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a file, not a directory: choose a directory path")
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} lies under the file {str(existing)!r}: choose a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {str(path)!r}: {str(existing)!r} is not writable: choose a writable place")
+    return path
+
+
+class DirectoryLock:
+    """An exclusive lock on a run directory, held while a run writes to it.
+
+    ``fcntl.flock`` on ``DIR/.jaxscale.lock``, which holds the owner's pid. The kernel releases the
+    lock when its process exits in any way (kill -9 included), so it never stays stuck; the file
+    itself stays (it is not the lock). A second run on the directory is refused at once, naming the
+    pid of the first.
+    """
+
+    NAME = ".jaxscale.lock"
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.path = self.directory / self.NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> "DirectoryLock":
+        import fcntl
+
+        from jaxscale.errors import UsageError
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(f"{self.directory} is in use by another jaxscale run (pid {holder}): wait for it to "
+                             "finish or stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> "DirectoryLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -146,11 +146,13 @@ def test_finished_run_directory_refused_without_restart(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "curves.npz").write_bytes(b"finished")
+    (out / "manifest.json").write_bytes(b"{}")  # written last: marks the run finished
     assert main(["run", str(cfg), "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and err[1].startswith("jaxscale: error: ") and "already holds a finished run" in err[1]
-    assert "--restart" in err[1]
+    assert len(err) == 1 and err[0].startswith("jaxscale: error: ") and "already holds a finished run" in err[0]
+    assert "--restart" in err[0]
     assert (out / "curves.npz").read_bytes() == b"finished"
+    assert sorted(p.name for p in out.iterdir()) == ["curves.npz", "manifest.json"]
 
 
 def test_checkpoints_of_another_config_refused(tmp_path, capsys):

@@ -26,7 +26,7 @@ def test_shipped_config_loads():
 @pytest.mark.parametrize(
     "raw, words",
     [
-        ({"alpah": [1]}, ["alpah", "valid perceptron keys"]),
+        ({"alpah": [1]}, ["alpah", "valid keys"]),
         ({"N": "100"}, ["N", "integer"]),
         ({"N": 10.5}, ["N", "integer"]),
         ({"steps": 0}, ["steps", "positive"]),

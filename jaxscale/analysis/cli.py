@@ -131,6 +131,14 @@ def _bootstrap_count(args: argparse.Namespace, kind: str) -> int:
     return DEFAULT_BOOTSTRAP if kind == "run" else 0
 
 
+def analysis_files(outdir: Path) -> list[Path]:
+    """The files ``jaxscale analyze`` writes into ``outdir``."""
+    from jaxscale.analysis.plots import FIGURE_FILES
+
+    names = [f"{stem}.{ext}" for stem in FIGURE_FILES.values() for ext in ("png", "pdf")]
+    return [outdir / name for name in (*names, "analysis.json", "report.md")]
+
+
 def _output_dir(args: argparse.Namespace, kind: str, npz_path: Path) -> Path | None:
     if args.no_plots:
         return None

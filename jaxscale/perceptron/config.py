@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from jaxscale.config import DEEP_SECTIONS, build_table, check_choice, check_name, load_toml
 from jaxscale.errors import UsageError
 
 DYNAMICS = ("gd", "flow")
@@ -70,54 +70,31 @@ class PerceptronConfig:
         return d
 
 
-_INT_KEYS = ("N", "seeds", "seed_start", "steps", "log_points", "theory_points")
 _FLOAT_KEYS = ("lr", "init_norm")
-_STR_KEYS = ("name", "description", "dynamics", "layout")
 
 
 def load_perceptron_config(path: str | Path, overrides: Optional[Mapping[str, Any]] = None) -> PerceptronConfig:
     """Read and validate a perceptron TOML file; ``overrides`` ({"steps": 100, ...}) win over it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {str(path)!r} not found: pass the path of a TOML file, e.g. configs/perceptron.toml")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: invalid TOML ({e}): fix the syntax") from None
-    raw = dict(raw)
+    raw = load_toml(path, "configs/perceptron.toml")
     raw.update(overrides or {})
     return perceptron_config_from_dict(raw, source=str(path))
 
 
 def perceptron_config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> PerceptronConfig:
     """Build and validate a :class:`PerceptronConfig` from a plain mapping (e.g. parsed TOML)."""
-    fields = {f.name for f in dataclasses.fields(PerceptronConfig)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise UsageError(
-            f"{source}: unknown key {unknown[0]!r}: valid perceptron keys are {', '.join(sorted(fields))}"
-        )
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _INT_KEYS:
-            kwargs[key] = _as_int(value, key, source)
-        elif key in _FLOAT_KEYS:
-            kwargs[key] = _as_float(value, key, source)
-        elif key in _STR_KEYS:
-            if not isinstance(value, str):
-                raise UsageError(f"{source}: {key} must be a string, got {value!r}: quote it, e.g. {key} = \"...\"")
-            kwargs[key] = value
-        elif key == "alpha":
-            vals = value if isinstance(value, (list, tuple)) else [value]
-            # sorted so that P (the curves' first axis) increases, as every experiment's does
-            kwargs[key] = tuple(sorted(_as_float(v, f"alpha[{i}]", source) for i, v in enumerate(vals)))
-    cfg = PerceptronConfig(**kwargs)
+    deep = sorted(set(raw) & set(DEEP_SECTIONS))
+    if deep:
+        raise UsageError(f"{source} is a deep-network config (section {deep[0]!r}): run it with `jaxscale run {source}`")
+    cfg = build_table(PerceptronConfig, raw, source=source)
+    # sorted so that P (the curves' first axis) increases, as every experiment's does
+    cfg = dataclasses.replace(cfg, alpha=tuple(sorted(cfg.alpha)))
     validate_perceptron_config(cfg, source=source)
     return cfg
 
 
 def validate_perceptron_config(cfg: PerceptronConfig, *, source: str = "config") -> None:
     """Value checks (types are checked when building); raises UsageError naming key and fix."""
+    check_name(cfg.name, source)
     for key in ("N", "seeds", "steps", "log_points", "theory_points"):
         if getattr(cfg, key) <= 0:
             raise UsageError(f"{source}: {key} must be a positive integer, got {getattr(cfg, key)}: set {key} >= 1")
@@ -136,19 +113,5 @@ def validate_perceptron_config(cfg: PerceptronConfig, *, source: str = "config")
             raise UsageError(f"{source}: alpha[{i}] = {a} gives P = round(alpha*N) = 0 at N = {cfg.N}: increase alpha or N")
     if len(set(cfg.P)) != len(cfg.P):
         raise UsageError(f"{source}: alpha {list(cfg.alpha)} gives duplicate P = {list(cfg.P)} at N = {cfg.N}: list each alpha once")
-    if cfg.dynamics not in DYNAMICS:
-        raise UsageError(f"{source}: dynamics = {cfg.dynamics!r} is not valid: choose one of {', '.join(DYNAMICS)}")
-    if cfg.layout not in LAYOUTS:
-        raise UsageError(f"{source}: layout = {cfg.layout!r} is not valid: choose one of {', '.join(LAYOUTS)}")
-
-
-def _as_int(value: Any, key: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
-        raise UsageError(f"{source}: {key} must be an integer, got {value!r}: write e.g. {key} = 100")
-    return int(value)
-
-
-def _as_float(value: Any, key: str, source: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UsageError(f"{source}: {key} must be a number, got {value!r}: write e.g. {key} = 0.5")
-    return float(value)
+    check_choice(source, "dynamics", cfg.dynamics, DYNAMICS)
+    check_choice(source, "layout", cfg.layout, LAYOUTS)

@@ -19,8 +19,10 @@ died between the commit and the checksum) is used only when no verified one exis
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import re
 import shutil
 import threading
 import time
@@ -110,6 +112,8 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                                  enable_async_checkpointing=async_save),
         )
+        #: steps :meth:`choose` returned without a checksum file to verify them
+        self.unverified: set[int] = set()
         self._hasher: Optional[threading.Thread] = None
         self._hash_error: Optional[BaseException] = None
         self._last_save = time.monotonic()
@@ -204,14 +208,14 @@ class Checkpoints:
                 bad.append((s, reason))
             if chosen < 0 and fallback is not None:
                 chosen = fallback
+                self.unverified.add(fallback)
                 self.warn(f"checkpoint {self.step_dir(fallback)} has no checksum file (the process was stopped "
                           "right after saving it) and no verified checkpoint exists: using it unverified")
             for s, reason in bad:
                 if s == chosen:
                     continue
                 if s > chosen:
-                    self.warn(f"checkpoint {self.step_dir(s)} is unusable ({reason}): skipped and deleted")
-                    shutil.rmtree(self.step_dir(s), ignore_errors=True)
+                    self._delete(s, f"unusable ({reason})")
             if chosen < 0:
                 self.warn(f"no usable checkpoint in {self.directory}: starting from scratch")
         chosen = distributed.broadcast_int(chosen)
@@ -220,6 +224,17 @@ class Checkpoints:
         if chosen < 0:
             return None
         return chosen, self.read_meta(chosen)
+
+    def _delete(self, step: int, reason: str) -> None:
+        self.warn(f"checkpoint {self.step_dir(step)} is {reason}: skipped and deleted")
+        shutil.rmtree(self.step_dir(step), ignore_errors=True)
+
+    def discard(self, step: int, reason: str) -> None:
+        """Delete checkpoint ``step`` found unusable while restoring it (all processes call this)."""
+        if self._primary:
+            self._delete(step, reason)
+        distributed.barrier("jaxscale-checkpoint-discard")
+        self._mgr.reload()
 
     def restore_state(self, step: int, target: Any) -> Any:
         """The ensemble state of ``step``; ``target`` is a pytree of ``jax.ShapeDtypeStruct`` (with
@@ -234,8 +249,20 @@ class Checkpoints:
         return {k: np.asarray(v) for k, v in r["curves"].items()}
 
 
+def is_own(path: Path) -> bool:
+    """Whether ``path`` (in a checkpoint directory) is something jaxscale wrote: a step directory
+    (digits) or orbax's temporary folder of an interrupted save."""
+    return path.is_dir() and re.fullmatch(r"\d+(\.orbax-checkpoint-tmp.*)?", path.name) is not None
+
+
 def wipe(directory: str | Path) -> None:
-    """Delete a checkpoint directory (``--restart``); process 0 only, the others wait."""
-    if distributed.is_primary():
-        shutil.rmtree(directory, ignore_errors=True)
+    """Delete the checkpoints of a run directory: its step folders only (anything else a user put
+    there stays, and the folder goes only once empty); process 0 only, the others wait."""
+    directory = Path(directory)
+    if distributed.is_primary() and directory.is_dir():
+        for p in directory.iterdir():
+            if is_own(p):
+                shutil.rmtree(p)
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only if empty
     distributed.barrier("jaxscale-checkpoint-wipe")

@@ -226,6 +226,73 @@ def training_fingerprint(cfg: Config) -> dict:
 EpochHook = Callable[[int, int, Any], Any]
 
 
+@dataclasses.dataclass(frozen=True)
+class Resume:
+    """Where a run continues from: checkpoint ``step`` of P index ``P_index`` after ``epoch``."""
+
+    step: int
+    meta: dict
+    P_index: int
+    epoch: int
+
+
+def choose_resume(checkpoints: Checkpoints, cfg: Config) -> Optional[Resume]:
+    """The newest usable checkpoint of this training config, or ``None`` to start from scratch.
+    Raises :class:`UsageError` (and changes nothing) when the checkpoints belong to another config."""
+    found = checkpoints.choose()
+    if found is None:
+        return None
+    step, meta = found
+    if meta.get("config") != training_fingerprint(cfg):
+        raise UsageError(
+            f"{checkpoints.directory} holds checkpoints of a different training config: resume with the "
+            "config (and --set/--P/--seeds/--epochs flags) it was started with, or pass --restart to start over")
+    return Resume(step=step, meta=meta, P_index=int(meta["P_index"]), epoch=int(meta["epoch"]))
+
+
+class _Throughput:
+    """Training throughput and ETA: counts only synced training intervals, excluding each P's first
+    (compiling) epoch and the evaluations at logged epochs."""
+
+    def __init__(self, total_imgs: int):
+        self.total_imgs, self.done_imgs = total_imgs, 0
+        self.time, self.imgs = 0.0, 0  # finished Ps
+
+    def start_P(self, t_P: float) -> None:
+        self.t_P, self.compile_s, self.P_time, self.P_imgs = t_P, 0.0, 0.0, 0
+        self.mark, self.pending = time.perf_counter(), 0
+
+    def trained(self, imgs: int, first: bool) -> None:
+        self.done_imgs += imgs
+        if not first:
+            self.pending += imgs
+
+    def synced(self, first: bool) -> None:
+        now = time.perf_counter()
+        if first:
+            self.compile_s = now - self.t_P
+        else:
+            self.P_time += now - self.mark
+            self.P_imgs += self.pending
+        self.mark, self.pending = now, 0
+
+    def skip_interval(self) -> None:
+        """Time since the last sync was not training (evaluation)."""
+        self.mark = time.perf_counter()
+
+    def rates(self) -> tuple[float, float]:
+        """(images/s, ETA seconds), NaN before any steady interval."""
+        t, i = self.time + self.P_time, self.imgs + self.P_imgs
+        if t <= 0:
+            return float("nan"), float("nan")
+        return i / t, (self.total_imgs - self.done_imgs) * t / i if i else float("nan")
+
+    def end_P(self) -> float:
+        self.time += self.P_time
+        self.imgs += self.P_imgs
+        return self.P_imgs / self.P_time if self.P_time > 0 else float("nan")
+
+
 def run_experiment(
     exp: Experiment,
     *,
@@ -233,6 +300,7 @@ def run_experiment(
     programs: Optional[dict] = None,
     layout: Optional[Layout] = None,
     checkpoints: Optional[Checkpoints] = None,
+    resume: Any = "auto",
     stop: Optional[StopFlag] = None,
     on_epoch: Optional[EpochHook] = None,
 ) -> tuple[Curves, RunStats]:
@@ -245,139 +313,179 @@ def run_experiment(
         continuing from a checkpoint; training itself never prints.
       programs: from :func:`make_programs` (built here if omitted, for ``layout``).
       layout: device layout (default: planned from ``cfg.parallel`` over all devices).
-      checkpoints: if given, resume from its newest usable checkpoint and save by its policy; on
-        ``stop`` a checkpoint is always saved.
-      stop: checked after every epoch; when set, the run saves a checkpoint (if ``checkpoints``) and
-        raises :class:`~jaxscale.train.preemption.Interrupted`.
+      checkpoints: if given, resume from ``resume`` and save by its policy, plus always after the
+        last epoch of the run (so results can be rewritten without training) and on ``stop``.
+      resume: a :class:`Resume` or ``None`` (start from scratch); ``"auto"``: :func:`choose_resume`.
+      stop: checked after every epoch and before each P starts; when set, the run saves a checkpoint
+        at that epoch boundary (if ``checkpoints``) and raises
+        :class:`~jaxscale.train.preemption.Interrupted`.
       on_epoch: ``f(P_index, epoch, states) -> states`` applied after each training epoch (before
         evaluation); for fault-injection tests and experiments.
     """
     cfg = exp.cfg
-    T = cfg.train.epochs
-    S = cfg.train.seeds
+    T, S, Ps = cfg.train.epochs, cfg.train.seeds, cfg.train.P
     if programs is not None:
         layout = programs["layout"]
     layout = layout or plan_layout(cfg.parallel, S)
     programs = programs or make_programs(exp, layout)
-    seeds = np.asarray(cfg.seed_values(), np.int64)
-    # padding seeds are just the next seed values: trained, then dropped
-    all_seeds = cfg.train.seed_start + np.arange(layout.seeds_padded, dtype=np.int64)
-    curves = Curves.empty(cfg.train.P, seeds, exp.epochs_logged, exp.norm_names)
-    keys = {k: layout.put_seeded(np.asarray(v)) for k, v in stacked_seed_keys(all_seeds).items()}
-    ds = exp.dataset
-    x_tr, y_tr = layout.put_replicated(ds.x_train), layout.put_replicated(ds.y_train.astype(np.int32))
-    x_te, y_te = layout.put_replicated(ds.x_test), layout.put_replicated(ds.y_test.astype(np.int32))
-    logged = {int(e): i for i, e in enumerate(exp.epochs_logged)}
-    stats = RunStats(layout=layout.describe())
-    t_run = time.perf_counter()
+    if checkpoints is not None and resume == "auto":
+        resume = choose_resume(checkpoints, cfg)
+    run = _Run(exp, programs, layout, checkpoints, progress, stop)
+    start_pi, start_epoch, states = run.resume(resume if checkpoints is not None else None)
+    clock = _Throughput((sum(Ps[start_pi:]) * T - (Ps[start_pi] * start_epoch if start_pi < len(Ps) else 0)) * S)
+    for pi in range(start_pi, len(Ps)):
+        if pi > start_pi:
+            run.stop_point(pi - 1, T, states)  # a stop between two Ps saves the finished one
+        if not (pi == start_pi and states is not None):  # else: the state restored mid-P
+            states = run.init(pi)
+        states = run.train_P(pi, start_epoch + 1 if pi == start_pi else 1, states, clock, on_epoch)
+    run.stats.wall_s = time.perf_counter() - run.t_run
+    return run.curves, run.stats
 
-    start_pi, start_epoch, resume_step = 0, 0, None
-    if checkpoints is not None:
-        found = checkpoints.choose()
-        if found is not None:
-            resume_step, meta = found
-            if meta.get("config") != training_fingerprint(cfg):
-                raise UsageError(
-                    f"{checkpoints.directory} holds checkpoints of a different training config: resume with the "
-                    "config (and --set/--P/--seeds/--epochs flags) it was started with, or pass --restart to start over")
-            start_pi, start_epoch = int(meta["P_index"]), int(meta["epoch"])
-            stats.per_P, stats.nonfinite = list(meta["stats"]["per_P"]), list(meta["stats"]["nonfinite"])
-            stats.earlier_wall_s = float(meta["stats"]["wall_s"])
-            stats.resumed_from = {"step": resume_step, "P": int(cfg.train.P[start_pi]), "epoch": start_epoch}
-            for k, v in checkpoints.restore_curves(resume_step).items():
-                if k in curves.values and v.shape == curves.values[k].shape:
-                    curves.values[k][...] = v
-            if progress:
-                progress({"event": "resume", "step": resume_step, "P": int(cfg.train.P[start_pi]),
-                          "P_index": start_pi, "n_P": len(cfg.train.P), "epoch": start_epoch, "epochs": T})
-            if start_epoch >= T:  # that P was complete: continue with the next one
-                start_pi, start_epoch = start_pi + 1, 0
 
-    # images counted from where this session starts, for the ETA
-    total_imgs = (sum(cfg.train.P[start_pi:]) * T - (cfg.train.P[start_pi] * start_epoch if start_pi < len(cfg.train.P) else 0)) * S
-    done_imgs = 0
-    # Throughput clock: counts only synced training intervals, excluding each P's first (compiling)
-    # epoch and the evaluations at logged epochs.
-    steady_time, steady_imgs = 0.0, 0
+class _Run:
+    """The steps of :func:`run_experiment` over its shared state: resume, per-P training, logged
+    evaluation, the checkpoint policy and stop handling."""
 
-    def meta_for(pi: int, epoch: int) -> dict:
-        return {"format": 1, "P_index": pi, "P": int(cfg.train.P[pi]), "epoch": epoch, "epochs": T,
-                "seeds": S, "seeds_padded": layout.seeds_padded, "config": training_fingerprint(cfg),
-                "stats": {"per_P": stats.per_P, "nonfinite": stats.nonfinite,
-                          "wall_s": stats.earlier_wall_s + time.perf_counter() - t_run}}
+    def __init__(self, exp, programs, layout, checkpoints, progress, stop):
+        cfg = exp.cfg
+        self.exp, self.cfg, self.programs, self.layout = exp, cfg, programs, layout
+        self.checkpoints, self.progress, self.stop = checkpoints, progress, stop
+        self.T, self.S, self.Ps = cfg.train.epochs, cfg.train.seeds, cfg.train.P
+        self.seeds = np.asarray(cfg.seed_values(), np.int64)
+        # padding seeds are just the next seed values: trained, then dropped
+        all_seeds = cfg.train.seed_start + np.arange(layout.seeds_padded, dtype=np.int64)
+        self.keys = {k: layout.put_seeded(np.asarray(v)) for k, v in stacked_seed_keys(all_seeds).items()}
+        ds = exp.dataset
+        self.train_data = layout.put_replicated(ds.x_train), layout.put_replicated(ds.y_train.astype(np.int32))
+        self.test_data = layout.put_replicated(ds.x_test), layout.put_replicated(ds.y_test.astype(np.int32))
+        self.logged = {int(e): i for i, e in enumerate(exp.epochs_logged)}
+        self.curves = Curves.empty(self.Ps, self.seeds, exp.epochs_logged, exp.norm_names)
+        self.stats = RunStats(layout=layout.describe())
+        self.t_run = time.perf_counter()
+        self.saved_step = -1
+        self.subsets = None
 
-    for pi, P in enumerate(cfg.train.P):
-        if pi < start_pi:
-            continue
-        t_P = time.perf_counter()
-        states = programs["init"](keys["init"], keys["train"], keys["norms"])
-        subsets = programs["subsets"](keys["data"], ds.n_train, int(P))
-        first_epoch = 1
-        if resume_step is not None and pi == start_pi and start_epoch > 0:
-            states = _restore_state(checkpoints, resume_step, states, layout)
-            first_epoch = start_epoch + 1
-        compile_s, P_steady_time, P_steady_imgs = 0.0, 0.0, 0
-        mark, pending = time.perf_counter(), 0
+    def _emit(self, **ev) -> None:
+        if self.progress:
+            self.progress(ev)
+
+    # -- resume ----------------------------------------------------------------------------------
+
+    def init(self, pi: int) -> Any:
+        """Fresh ensemble state for P index ``pi`` (and that P's training subsets)."""
+        self.t_P = time.perf_counter()
+        self.subsets = self.programs["subsets"](self.keys["data"], self.exp.dataset.n_train, int(self.Ps[pi]))
+        return self.programs["init"](self.keys["init"], self.keys["train"], self.keys["norms"])
+
+    def resume(self, resume: Optional[Resume]) -> tuple[int, int, Any]:
+        """Restore curves, statistics and (mid-P) the ensemble state of ``resume``; returns
+        ``(P index, epochs done in it, restored state or None)``. A checkpoint that cannot be read
+        back is unusable: an unverified one is reported, deleted and the run starts over; a verified
+        one stops the run with the fix."""
+        if resume is None:
+            return 0, 0, None
+        try:
+            values = self.checkpoints.restore_curves(resume.step)
+            states = None
+            if 0 < resume.epoch < self.T:
+                states = _restore_state(self.checkpoints, resume.step, self.init(resume.P_index), self.layout)
+        except Exception as e:  # noqa: BLE001 — any failure to read it back means unusable
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if resume.step not in self.checkpoints.unverified:
+                raise UsageError(f"checkpoint {self.checkpoints.step_dir(resume.step)} could not be restored ({reason}): "
+                                 "pass --restart to start over") from None
+            self.checkpoints.discard(resume.step, f"unusable ({reason})")
+            return 0, 0, None
+        for k, v in values.items():
+            if k in self.curves.values and v.shape == self.curves.values[k].shape:
+                self.curves.values[k][...] = v
+        st = resume.meta["stats"]
+        self.stats.per_P, self.stats.nonfinite = list(st["per_P"]), list(st["nonfinite"])
+        self.stats.earlier_wall_s = float(st["wall_s"])
+        self.stats.resumed_from = {"step": resume.step, "P": int(self.Ps[resume.P_index]), "epoch": resume.epoch}
+        self.saved_step = resume.step
+        self._emit(event="resume", step=resume.step, P=int(self.Ps[resume.P_index]), P_index=resume.P_index,
+                   n_P=len(self.Ps), epoch=resume.epoch, epochs=self.T)
+        if resume.epoch >= self.T:  # that P was complete: continue with the next one
+            return resume.P_index + 1, 0, None
+        return resume.P_index, resume.epoch, states
+
+    # -- per-P training --------------------------------------------------------------------------
+
+    def train_P(self, pi: int, first_epoch: int, states: Any, clock: _Throughput, on_epoch) -> Any:
+        """Epochs ``first_epoch..T`` of P index ``pi`` from ``states``; returns the final states."""
+        P, T, S = int(self.Ps[pi]), self.T, self.S
+        clock.start_P(self.t_P)
+        x_tr, y_tr = self.train_data
         for epoch in range(first_epoch, T + 1):
-            states, m = programs["epoch"](states, subsets, x_tr, y_tr, np.int32(epoch))
+            states, m = self.programs["epoch"](states, self.subsets, x_tr, y_tr, np.int32(epoch))
             if on_epoch is not None:
                 states = on_epoch(pi, epoch, states)
-            if layout.needs_sync:
+            if self.layout.needs_sync:
                 jax.block_until_ready(states)
-            done_imgs += P * S
-            if epoch > first_epoch:
-                pending += P * S
-            is_log = epoch in logged
-            if epoch == first_epoch or is_log or epoch == T or time.perf_counter() - mark > 1.0:
+            first = epoch == first_epoch
+            clock.trained(P * S, first)
+            is_log = epoch in self.logged
+            if first or is_log or epoch == T or time.perf_counter() - clock.mark > 1.0:
                 loss = float(np.nanmean(local_rows(m["loss"], S)))  # syncs
-                now = time.perf_counter()
-                if epoch == first_epoch:
-                    compile_s = now - t_P
-                else:
-                    P_steady_time += now - mark
-                    P_steady_imgs += pending
-                mark, pending = now, 0
-                if progress:
-                    tot_t, tot_i = steady_time + P_steady_time, steady_imgs + P_steady_imgs
-                    img_s = tot_i / tot_t if tot_t > 0 else float("nan")
-                    eta = (total_imgs - done_imgs) / img_s if tot_t > 0 else float("nan")
-                    progress({"event": "epoch", "P": int(P), "P_index": pi, "n_P": len(cfg.train.P),
-                              "epoch": epoch, "epochs": T, "loss": loss, "img_per_s": img_s, "eta_s": eta})
+                clock.synced(first)
+                img_s, eta = clock.rates()
+                self._emit(event="epoch", P=P, P_index=pi, n_P=len(self.Ps), epoch=epoch, epochs=T, loss=loss,
+                           img_per_s=img_s, eta_s=eta)
             if is_log:
-                out, states = programs["eval"](states, subsets, x_tr, y_tr, x_te, y_te, np.int32(epoch))
-                out = jax.device_get(out)
-                ti = logged[epoch]
-                for k, v in out.items():
-                    curves.values[k][pi, :, ti] = np.asarray(v, np.float64)[:S]
-                mark = time.perf_counter()  # evaluation time is not training throughput
-                if progress:
-                    progress({"event": "log", "P": int(P), "P_index": pi, "epoch": epoch,
-                              "test_error": float(np.nanmean(curves.values["test_error"][pi, :, ti])),
-                              "train_error": float(np.nanmean(curves.values["train_error"][pi, :, ti]))})
+                states = self.evaluate(pi, epoch, states)
+                clock.skip_interval()  # evaluation time is not training throughput
             if epoch == T:
-                steady_time += P_steady_time
-                steady_imgs += P_steady_imgs
-                bad = np.asarray(jax.device_get(programs["nonfinite"](states)))[:S]
-                stats.nonfinite += [{"P": int(P), "seed": int(seeds[i])} for i in np.flatnonzero(bad)]
-                wall = time.perf_counter() - t_P
-                stats.per_P.append({"P": int(P), "wall_s": wall, "compile_s": compile_s,
-                                    "img_per_s": P_steady_imgs / P_steady_time if P_steady_time > 0 else float("nan")})
-            stopping = stop is not None and distributed.any_process(stop.requested)
-            if checkpoints is not None and (stopping or checkpoints.due(epoch)):
-                step = pi * T + epoch
-                checkpoints.save(step, states, curves.values, meta_for(pi, epoch))
-                if progress:
-                    progress({"event": "checkpoint", "step": step, "P": int(P), "P_index": pi, "epoch": epoch})
-            if stopping:
-                if checkpoints is not None:
-                    checkpoints.wait()
-                raise Interrupted(stop.signum or signal.SIGTERM, int(P), epoch,
-                                  str(checkpoints.directory) if checkpoints is not None else None)
-        if progress:
-            progress({"event": "P_done", "P": int(P), "P_index": pi, "n_P": len(cfg.train.P),
-                      "wall_s": stats.per_P[-1]["wall_s"]})
-    stats.wall_s = time.perf_counter() - t_run
-    return curves, stats
+                bad = np.asarray(jax.device_get(self.programs["nonfinite"](states)))[:S]
+                self.stats.nonfinite += [{"P": P, "seed": int(self.seeds[i])} for i in np.flatnonzero(bad)]
+                img_s = clock.end_P()
+                self.stats.per_P.append({"P": P, "wall_s": time.perf_counter() - clock.t_P,
+                                         "compile_s": clock.compile_s, "img_per_s": img_s})
+            self.stop_point(pi, epoch, states)
+        self._emit(event="P_done", P=P, P_index=pi, n_P=len(self.Ps), wall_s=self.stats.per_P[-1]["wall_s"])
+        return states
+
+    # -- logged evaluation -----------------------------------------------------------------------
+
+    def evaluate(self, pi: int, epoch: int, states: Any) -> Any:
+        """Evaluate every seed at a logged ``epoch`` into the curves; returns the updated states
+        (their norm vectors are re-converged by the evaluation)."""
+        out, states = self.programs["eval"](states, self.subsets, *self.train_data, *self.test_data, np.int32(epoch))
+        out = jax.device_get(out)
+        ti = self.logged[epoch]
+        for k, v in out.items():
+            self.curves.values[k][pi, :, ti] = np.asarray(v, np.float64)[:self.S]
+        self._emit(event="log", P=int(self.Ps[pi]), P_index=pi, epoch=epoch,
+                   test_error=float(np.nanmean(self.curves.values["test_error"][pi, :, ti])),
+                   train_error=float(np.nanmean(self.curves.values["train_error"][pi, :, ti])))
+        return states
+
+    # -- checkpoint policy and stop handling -----------------------------------------------------
+
+    def stop_point(self, pi: int, epoch: int, states: Any) -> None:
+        """An epoch boundary: save a checkpoint when the policy or a stop request asks for one (and
+        after the run's last epoch), then raise :class:`Interrupted` on a stop request."""
+        stopping = self.stop is not None and distributed.any_process(self.stop.requested)
+        ck = self.checkpoints
+        step = pi * self.T + epoch
+        last = pi == len(self.Ps) - 1 and epoch == self.T
+        if ck is not None and step != self.saved_step and (stopping or last or ck.due(epoch)):
+            ck.save(step, states, self.curves.values, self._meta(pi, epoch))
+            self.saved_step = step
+            self._emit(event="checkpoint", step=step, P=int(self.Ps[pi]), P_index=pi, epoch=epoch)
+        if stopping:
+            if ck is not None:
+                ck.wait()
+            raise Interrupted(self.stop.signum or signal.SIGTERM, int(self.Ps[pi]), epoch,
+                              str(ck.directory) if ck is not None else None)
+
+    def _meta(self, pi: int, epoch: int) -> dict:
+        cfg = self.cfg
+        return {"format": 1, "P_index": pi, "P": int(self.Ps[pi]), "epoch": epoch, "epochs": self.T,
+                "seeds": self.S, "seeds_padded": self.layout.seeds_padded, "config": training_fingerprint(cfg),
+                "stats": {"per_P": self.stats.per_P, "nonfinite": self.stats.nonfinite,
+                          "wall_s": self.stats.earlier_wall_s + time.perf_counter() - self.t_run}}
 
 
 def _restore_state(checkpoints: Checkpoints, step: int, fresh: Any, layout: Layout) -> Any:
