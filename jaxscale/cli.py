@@ -12,6 +12,7 @@ Any user-fixable problem prints one line ``jaxscale: error: ...`` and exits with
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,7 +22,17 @@ from jaxscale.errors import UsageError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own usage errors: one line, exit 2
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+        raise UsageError(usage_message(message, self.prog))
+
+
+def usage_message(message: str, prog: str) -> str:
+    """argparse's complaint as one line with the fix; a value that starts with '-' (a negative
+    number) reads as a flag to argparse unless it is attached with '='."""
+    hint = f"see `{prog} --help`"
+    if message.endswith("expected one argument"):
+        flag = message.split()[1].split("/")[0].rstrip(":")
+        hint = f"a value that starts with '-' must be attached with '=': {flag}=VALUE; {hint}"
+    return f"{message} ({hint})"
 
 
 def _int_list(text: str) -> list[int]:
@@ -54,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     h.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
     h.add_argument("--process-id", type=int, metavar="I", help="this process's id, 0 .. N-1")
+    h.add_argument("--coordinator-timeout", type=int, default=300, metavar="S",
+                   help="seconds to wait for the coordinator and the other processes (default 300)")
     h.add_argument("--distributed", action="store_true",
                    help="join a cluster auto-detected by JAX (SLURM, Cloud TPU pod, Open MPI, Kubernetes)")
 
@@ -80,11 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args) -> int:
+    import logging
+
     from jaxscale.train import distributed
 
+    # orbax logs every failed background write with a traceback: the one-line error says it
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
     # before anything touches a device: joining a cluster must come first
-    distributed.initialize(distributed.cluster_spec(args.coordinator, args.num_processes, args.process_id,
-                                                    auto=args.distributed))
+    spec = distributed.cluster_spec(args.coordinator, args.num_processes, args.process_id, auto=args.distributed,
+                                    timeout_s=args.coordinator_timeout)
+    if spec is not None and not spec.auto:
+        print(f"jaxscale: joining {spec.num_processes} processes via {spec.coordinator} as process {spec.process_id} "
+              f"(waiting up to {spec.timeout_s} s)", file=sys.stderr)
+    distributed.initialize(spec)
     from jaxscale.config import load_config, parse_overrides
 
     overrides = parse_overrides(args.set)
@@ -155,7 +178,8 @@ def _resume_command(args, out: Path) -> str:
     parts = ["jaxscale", "run", args.config, "--out", str(out)]
     for flag, val in (("--seeds", args.seeds), ("--P", args.P), ("--epochs", args.epochs),
                       ("--data-dir", args.data_dir), ("--coordinator", args.coordinator),
-                      ("--num-processes", args.num_processes), ("--process-id", args.process_id)):
+                      ("--num-processes", args.num_processes), ("--process-id", args.process_id),
+                      ("--coordinator-timeout", args.coordinator_timeout if args.coordinator_timeout != 300 else None)):
         if val is not None:
             parts += [flag, str(val)]
     for pair in args.set:
@@ -167,6 +191,23 @@ def _resume_command(args, out: Path) -> str:
     return shlex.join(parts)
 
 
+def system_error(e: BaseException) -> Optional[str]:
+    """One line for a failure of the filesystem (full disk, no permission, read-only) anywhere in the
+    chain of ``e``, or ``None`` if ``e`` is something else (a bug: it keeps its traceback)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno is not None:
+            where = f" ({e.filename})" if e.filename else ""
+            fix = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there (disk quota)",
+                   errno.EACCES: "fix its permissions or choose another place",
+                   errno.EPERM: "fix its permissions or choose another place",
+                   errno.EROFS: "choose a writable place"}.get(e.errno, "check the path")
+            return f"{e.strerror or e}{where}: {fix}, then re-run the same command (a run resumes from its last checkpoint)"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -176,6 +217,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as e:
         print(f"jaxscale: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        os_error = system_error(e)
+        if os_error is None:
+            raise
+        print(f"jaxscale: error: {os_error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("jaxscale: interrupted", file=sys.stderr)
         return 130

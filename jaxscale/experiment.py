@@ -194,14 +194,15 @@ def _claim(out_dir: Path, primary: bool):
 
 def summary_rows(curves: Curves, norm: str = "spectral_complexity") -> list[dict]:
     """Per P: final and best test error (seed mean ± std), the best epoch of the mean curve, and
-    λ* = the norm at each seed's own best logged epoch, averaged over seeds (PROTOCOL §6.4's l_0)."""
+    λ* = the norm at each seed's own best logged epoch, averaged over seeds (PROTOCOL §6.4's l_0).
+    Only the seeds that finished (finite at the last logged epoch) count: ``seeds_ok`` of ``seeds``."""
     te = curves.values["test_error"]
     key = f"log_{norm}" if f"log_{norm}" in curves.values else next(k for k in curves.values if k.startswith("log_"))
     logn = curves.values[key]
     rows = []
     for i, P in enumerate(curves.P):
         e = te[i]  # [nS, nT]
-        ok = np.isfinite(e).any(axis=1)
+        ok = np.isfinite(e[:, -1])  # a diverged seed is NaN from then on: it did not finish
         row = {"P": int(P), "norm": key[4:], "seeds_ok": int(ok.sum()), "seeds": int(len(ok))}
         if ok.any():
             e_ok, n_ok = e[ok], logn[i][ok]

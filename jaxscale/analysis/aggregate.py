@@ -51,6 +51,10 @@ class GriddedSeeds:
     label: str
 
 
+#: every seed's curve is interpolated onto the grid: [nP, nS, n] floats per array
+MAX_GRID_POINTS = 10_000
+
+
 def parse_grid(spec: str) -> np.ndarray:
     """``"a,b,n"`` (log10 bounds, like ``numpy.logspace(a, b, n)``) → ln grid [n]."""
     parts = [s.strip() for s in str(spec).split(",")]
@@ -60,8 +64,9 @@ def parse_grid(spec: str) -> np.ndarray:
         a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
     except ValueError:
         raise UsageError(f"--grid {spec!r} is not 'a,b,n'; give log10 bounds and a point count, e.g. --grid 3.4,9,50") from None
-    if not (math.isfinite(a) and math.isfinite(b) and a < b and n >= 3):
-        raise UsageError(f"--grid {spec!r} needs finite a < b and n >= 3 (numpy.logspace(a, b, n)); e.g. --grid 3.4,9,50")
+    if not (math.isfinite(a) and math.isfinite(b) and a < b and 3 <= n <= MAX_GRID_POINTS):
+        raise UsageError(f"--grid {spec!r} needs finite a < b and 3 <= n <= {MAX_GRID_POINTS} (numpy.logspace(a, b, n)); "
+                         "e.g. --grid 3.4,9,50")
     return np.linspace(a, b, n) * math.log(10.0)
 
 

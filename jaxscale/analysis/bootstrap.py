@@ -71,16 +71,19 @@ class BootstrapResult:
 
 
 def bootstrap(gridded: GriddedSeeds, settings: Settings, n: int, seed: int, *,
-              fallback: bool = False) -> BootstrapResult:
+              fallback: bool = False, progress=None) -> BootstrapResult:
     """``n`` seed-resampling replicates of the whole fitting pipeline, deterministic given ``seed``.
 
     ``fallback``: whether the full ensemble's automatic window fell back (module docstring).
+    ``progress``: called as ``progress(done, n)`` after every replicate.
     """
     rng = np.random.default_rng(seed)
     nP, nS = gridded.error.shape[:2]
     samples = {q: np.full(n, np.nan) for q in QUANTITIES}
     failed = mismatch = 0
     for b in range(n):
+        if progress is not None:
+            progress(b, n)
         index = rng.integers(0, nS, size=(nP, nS))
         try:
             fit = fit_all(aggregate(gridded, index), settings)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 from jaxscale.analysis.aggregate import parse_grid
@@ -18,9 +20,12 @@ from jaxscale.analysis.driver import analyze
 from jaxscale.analysis.pipeline import Settings
 from jaxscale.analysis.window import Window
 from jaxscale.errors import UsageError
-from jaxscale.io import save_json_atomic, save_text_atomic
+from jaxscale.io import check_output_dir, save_json_atomic, save_text_atomic
+from jaxscale.progress import fmt_duration
 
 DEFAULT_BOOTSTRAP = 200
+#: each replicate refits everything (~10 ms): more than this adds nothing to 95 % intervals but hours
+MAX_BOOTSTRAP = 100_000
 ANALYSIS_DIR = "analysis"
 
 
@@ -64,11 +69,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.plots and args.no_plots:
         raise UsageError("--plots and --no-plots contradict each other; give one of them")
+    if args.seed < 0:
+        raise UsageError(f"--seed {args.seed} is negative: give a bootstrap seed >= 0")
+    if args.plots:
+        check_output_dir(args.plots, "--plots")
     inp = load_input(args.path, norm=args.norm, entry=args.entry)
-    settings = _settings(args, inp.settings)
+    settings = _settings(args, inp)
     n_boot = _bootstrap_count(args, inp.kind)
     log_grid = parse_grid(args.grid) if args.grid is not None else None
-    an = analyze(inp, settings, log_grid=log_grid, n_bootstrap=n_boot, seed=args.seed)
+    an = analyze(inp, settings, log_grid=log_grid, n_bootstrap=n_boot, seed=args.seed, progress=_BootstrapProgress())
     result = to_dict(an)
 
     outdir = _output_dir(args, inp.kind, inp.path)
@@ -86,8 +95,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args: argparse.Namespace, stored) -> Settings:
-    """File-stored fit settings, overridden flag by flag."""
+class _BootstrapProgress:
+    """Bootstrap progress on stderr, once a bootstrap has taken more than a few seconds: a line every
+    10 s (and the last one), so short analyses print nothing."""
+
+    def __init__(self, quiet_s: float = 3.0, interval_s: float = 10.0):
+        self.quiet_s, self.interval_s = quiet_s, interval_s
+        self.t0 = self.last = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0 = self.last = now
+        if now - self.t0 < self.quiet_s or (now - self.last < self.interval_s and done < total - 1):
+            return
+        self.last = now
+        eta = (now - self.t0) / max(done, 1) * (total - done)
+        print(f"analyze: bootstrap replicate {done + 1}/{total}, ETA {fmt_duration(eta)}", file=sys.stderr, flush=True)
+
+
+def _settings(args: argparse.Namespace, inp) -> Settings:
+    """File-stored fit settings, overridden flag by flag; a stored index that the file's own P axis
+    does not reach is named as the file's, not as a flag the user never gave."""
+    stored = inp.settings
+    nP = len((inp.seeds if inp.seeds is not None else inp.aggregated).P)
+    for flag, given, key, value in (("--min-p", args.min_p, "fit_min_P", stored.min_p),
+                                    ("--gamma2-start", args.gamma2_start, "fit_gamma2_start", stored.gamma2_start)):
+        if given is None and value is not None and not 0 <= value < nP:
+            raise UsageError(f"{inp.path} stores {key} = {value} but has only {nP} P value(s): pass {flag} 0 "
+                             f"(or an index up to {nP - 1})")
     given = args.x_left is not None or args.x_right is not None
     if args.auto_window and given:
         raise UsageError("--auto-window contradicts --x-left/--x-right; give either the automatic window or bounds")
@@ -124,8 +160,9 @@ def _nan_none(value: float | None) -> float | None:
 
 
 def _bootstrap_count(args: argparse.Namespace, kind: str) -> int:
-    if args.bootstrap is not None and args.bootstrap < 0:
-        raise UsageError(f"--bootstrap {args.bootstrap} is negative; give a replicate count >= 0")
+    if args.bootstrap is not None and not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise UsageError(f"--bootstrap {args.bootstrap} is out of range: give a replicate count from 0 to "
+                         f"{MAX_BOOTSTRAP} (a few hundred give stable 95 % intervals)")
     if args.bootstrap is not None:
         return args.bootstrap
     return DEFAULT_BOOTSTRAP if kind == "run" else 0

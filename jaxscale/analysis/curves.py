@@ -130,6 +130,11 @@ def load_input(path: str | Path, norm: str | None = None, entry: int | None = No
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle and speak of pickled data
+        raise UsageError(f"{path} is not a .npz file (not a zip archive): pass a run directory, its {CURVES_FILE}, "
+                         "or a reference .npz")
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -179,6 +184,9 @@ def _run_input(npz_path: Path, arrays: dict[str, np.ndarray], norm: str | None) 
             f"nS={seeds.size}, nT]; regenerate the run's curves.npz"
         )
     _check_P(P, npz_path)
+    if not np.isfinite(err).any():
+        raise UsageError(f"{npz_path}: test_error is NaN everywhere (every seed diverged or the run logged nothing): "
+                         "re-run it, e.g. with a lower train.lr")
     label = npz_path.parent.name or npz_path.stem
     curves = SeedCurves(P=P, seeds=seeds, log_norm=logn, test_error=err, norm_name=name, label=label)
     return AnalysisInput("run", npz_path, curves, None, FileSettings(), {}, None, 1)

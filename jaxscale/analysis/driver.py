@@ -32,8 +32,9 @@ class Analysis:
 
 
 def analyze(inp: AnalysisInput, settings: Settings, *, log_grid: np.ndarray | None = None, n_bootstrap: int = 0,
-            seed: int = 0) -> Analysis:
-    """Run the analysis; ``log_grid`` (ln norms) and ``n_bootstrap`` > 0 need per-seed curves."""
+            seed: int = 0, progress=None) -> Analysis:
+    """Run the analysis; ``log_grid`` (ln norms) and ``n_bootstrap`` > 0 need per-seed curves.
+    ``progress(done, total)`` follows the bootstrap replicates."""
     if inp.seeds is None:
         if log_grid is not None:
             raise UsageError("--grid applies to run directories; a reference file is already on its grid, drop --grid")
@@ -47,7 +48,7 @@ def analyze(inp: AnalysisInput, settings: Settings, *, log_grid: np.ndarray | No
     fit = fit_all(agg, settings)
     boot, notes = None, ()
     if n_bootstrap > 0 and inp.seeds.seeds.size > 1:
-        boot = bootstrap(gridded, settings, n_bootstrap, seed, fallback=fit.window.fallback)
+        boot = bootstrap(gridded, settings, n_bootstrap, seed, fallback=fit.window.fallback, progress=progress)
     elif n_bootstrap > 0:
         notes = ("bootstrap skipped: the run has a single seed, there is nothing to resample",)
     return Analysis(inp, settings, agg, fit, boot, "default" if log_grid is None else "--grid", gridded.n_nonmonotone,

@@ -84,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from jaxscale.perceptron.simulate import run_experiment
     from jaxscale.perceptron.theory import eps_fixed_norm
 
+    from jaxscale.io import check_output_dir
+
     cfg = load_perceptron_config(args.config)
-    out = Path(args.out) if args.out else Path("runs") / cfg.name
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file: pass a directory")
+    out = check_output_dir(args.out if args.out else Path("runs") / cfg.name, "--out")
     n_inst = cfg.seeds * len(cfg.P)
     print(f"jaxscale perceptron run: {cfg.name} — N={cfg.N}, alpha={list(cfg.alpha_effective)}, {cfg.seeds} seeds, "
           f"{cfg.steps} {cfg.dynamics} steps (lr {cfg.lr:g}), layout {cfg.layout}", file=sys.stderr)
@@ -169,19 +169,9 @@ def theory(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Standalone entry point (``python -m jaxscale.perceptron.cli run|theory ...``)."""
+    from jaxscale.cli import main as jaxscale_main
 
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:
-            raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-    p = _Parser(prog="jaxscale perceptron")
-    add_arguments(p)
-    try:
-        args = p.parse_args(argv)
-        return int(args.func(args) or 0)
-    except UsageError as e:
-        print(f"jaxscale: error: {e}", file=sys.stderr)
-        return e.exit_code
+    return jaxscale_main(["perceptron", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

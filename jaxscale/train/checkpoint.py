@@ -20,8 +20,10 @@ died between the commit and the checksum) is used only when no verified one exis
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
 import threading
@@ -36,6 +38,8 @@ from jaxscale.io import save_json_atomic
 from jaxscale.train import distributed
 
 CHECKSUM_FILE = "jaxscale_sha256.json"
+#: free space a checkpoint save leaves beyond its own size (bytes)
+SPACE_MARGIN = 1 << 20
 _NO_CHECKSUM = "no checksum file"
 
 
@@ -133,12 +137,14 @@ class Checkpoints:
         """Start saving (returns while orbax writes in the background); the checksum file follows
         once the save is committed."""
         self._join_hasher()
+        self._check_space(state, curves)
         ocp = self._ocp
-        self._mgr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            curves=ocp.args.StandardSave({k: np.asarray(v) for k, v in curves.items()}),
-            meta=ocp.args.JsonSave(meta),
-        ))
+        with self._disk_errors():
+            self._mgr.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                curves=ocp.args.StandardSave({k: np.asarray(v) for k, v in curves.items()}),
+                meta=ocp.args.JsonSave(meta),
+            ))
         self._last_save = time.monotonic()
         if self._primary:
             self._hasher = threading.Thread(target=self._finish, args=(step,), daemon=True)
@@ -158,19 +164,51 @@ class Checkpoints:
             self._hasher = None
         if self._hash_error is not None:
             e, self._hash_error = self._hash_error, None
-            raise e
+            with self._disk_errors():
+                raise e
+
+    def _check_space(self, state: Any, curves: dict[str, np.ndarray]) -> None:
+        """Refuse a save the disk cannot hold before orbax starts it: a save that fails half-way
+        fails in orbax's background threads, which then report it noisily at exit."""
+        import jax
+
+        need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+        need += sum(np.asarray(v).nbytes for v in curves.values())
+        free = shutil.disk_usage(self.directory).free
+        if free < 1.2 * need + SPACE_MARGIN:
+            raise OSError(errno.ENOSPC, f"No space left on device for a {need / 2**20:.1f} MiB checkpoint "
+                          f"({free / 2**20:.1f} MiB free)", str(self.directory))
+
+    @contextlib.contextmanager
+    def _disk_errors(self):
+        """orbax reports a failed write (full disk, no permission) as a ValueError whose text carries
+        the errno: raise it as the OSError it is, so callers can tell it from a bug."""
+        try:
+            yield
+        except OSError:
+            raise
+        except Exception as e:
+            code = re.search(r"os_error_code='(\d+)'", str(e))
+            if code is None:
+                raise
+            errno_ = int(code.group(1))
+            raise OSError(errno_, os.strerror(errno_), str(self.directory)) from None
 
     def wait(self) -> None:
         """Block until every started save is committed and has its checksum file."""
         self._join_hasher()
-        self._mgr.wait_until_finished()
+        with self._disk_errors():
+            self._mgr.wait_until_finished()
         distributed.barrier("jaxscale-checkpoint-wait")
 
     def close(self) -> None:
+        """Wait for the saves in flight and stop orbax's background threads (also after a failed
+        save, whose error is then raised)."""
         try:
             self.wait()
         finally:
-            self._mgr.close()
+            with contextlib.suppress(Exception):  # the save's own error is the one to report
+                self._mgr.close()
 
     # -- resuming ----------------------------------------------------------------------------------
 
