@@ -178,15 +178,19 @@ def _claim(out_dir: Path, primary: bool):
         return
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = DirectoryLock(out_dir).acquire()
+    lock = DirectoryLock(out_dir)
+    new_lock_file = not lock.path.exists()
+    lock.acquire()
     try:
         yield claim
     except BaseException:
-        if created and not claim.started:
-            lock.path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                (out_dir / CHECKPOINT_DIR).rmdir()
-                out_dir.rmdir()
+        if not claim.started:
+            if new_lock_file:
+                lock.path.unlink(missing_ok=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    (out_dir / CHECKPOINT_DIR).rmdir()
+                    out_dir.rmdir()
         raise
     finally:
         lock.release()
