@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
     r.add_argument("--quiet", action="store_true", help="no progress display")
     r.add_argument("--restart", action="store_true",
-                   help="start over: delete the checkpoints and results in --out instead of resuming from them")
+                   help="start over: delete what jaxscale wrote in --out (results, analysis outputs, checkpoint "
+                        "steps) instead of resuming from it; other files stay")
     h = r.add_argument_group("multi-host (jax.distributed; all three flags, or --distributed to auto-detect)")
     h.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     h.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")

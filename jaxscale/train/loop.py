@@ -391,7 +391,7 @@ class _Run:
             if 0 < resume.epoch < self.T:
                 states = _restore_state(self.checkpoints, resume.step, self.init(resume.P_index), self.layout)
         except Exception as e:  # noqa: BLE001 — any failure to read it back means unusable
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
             if resume.step not in self.checkpoints.unverified:
                 raise UsageError(f"checkpoint {self.checkpoints.step_dir(resume.step)} could not be restored ({reason}): "
                                  "pass --restart to start over") from None
