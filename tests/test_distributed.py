@@ -104,7 +104,11 @@ def test_cluster_spec_sources():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(coordinator="h:1", num_processes=2), "incomplete"),
-    (dict(coordinator="h", num_processes=2, process_id=0), "no port"),
+    (dict(coordinator="h", num_processes=2, process_id=0), "not HOST:PORT"),
+    (dict(coordinator="nohost:abc", num_processes=2, process_id=0), "not HOST:PORT"),
+    (dict(coordinator="h:0", num_processes=2, process_id=0), "not HOST:PORT"),
+    (dict(coordinator="h:70000", num_processes=2, process_id=0), "not HOST:PORT"),
+    (dict(coordinator=":123", num_processes=2, process_id=0), "not HOST:PORT"),
     (dict(coordinator="h:1", num_processes=2, process_id=2), "ids run from 0"),
     (dict(env={"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"}), "not integers"),
 ])
