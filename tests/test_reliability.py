@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,8 +20,7 @@ import pytest
 
 from jaxscale import experiment
 from jaxscale.cli import main
-from jaxscale.config import config_from_dict, load_config
-from jaxscale.errors import UsageError
+from jaxscale.config import config_from_dict, to_toml
 from jaxscale.io import DirectoryLock
 from jaxscale.results import Curves
 from jaxscale.train import build_experiment, run_experiment
@@ -30,21 +28,10 @@ from jaxscale.train.checkpoint import CHECKSUM_FILE, Checkpoints
 from jaxscale.train.preemption import Interrupted, StopFlag
 from scale_helpers import REPO
 
-TINY = """name = "tiny"
-[model]
-family = "cnn"
-preset = "tiny"
-[data]
-dataset = "digits"
-[train]
-P = [40]
-seeds = 1
-epochs = 1
-batch_size = 32
-log_points = 1
-[checkpoint]
-every_minutes = 0
-"""
+#: one P, one seed, one epoch: the smallest run that trains, logs and checkpoints
+TINY = {"name": "tiny", "model": {"family": "cnn", "preset": "tiny"}, "data": {"dataset": "digits"},
+        "train": {"P": [40], "seeds": 1, "epochs": 1, "batch_size": 32, "log_points": 1},
+        "checkpoint": {"every_minutes": 0}}
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -68,7 +55,7 @@ def one_error_line(capsys) -> str:
 @pytest.fixture
 def tiny(tmp_path) -> Path:
     p = tmp_path / "tiny.toml"
-    p.write_text(TINY)
+    p.write_text(to_toml(config_from_dict(TINY)))
     return p
 
 
@@ -241,9 +228,7 @@ def test_plots_on_a_full_disk_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_stop_between_two_Ps_saves_the_finished_P_without_starting_the_next(tmp_path):
-    cfg = config_from_dict({"name": "t", "model": {"family": "cnn", "preset": "tiny"}, "data": {"dataset": "digits"},
-                            "train": {"P": [40, 70], "seeds": 1, "epochs": 1, "batch_size": 32, "log_points": 1},
-                            "checkpoint": {"every_minutes": 0}})
+    cfg = config_from_dict(TINY, {"train.P": [40, 70]})
     stop = StopFlag()
     events = []
 
