@@ -57,8 +57,7 @@ def check_run_dir(out_dir: str | Path, restart: bool = False) -> Path:
     not be in use by another run."""
     out_dir = check_output_dir(out_dir, "--out")
     _refuse_finished(out_dir, restart)
-    if (out_dir / DirectoryLock.NAME).is_file():
-        DirectoryLock(out_dir).acquire().release()
+    DirectoryLock(out_dir).check()
     return out_dir
 
 
@@ -177,6 +176,7 @@ def _claim(out_dir: Path, primary: bool):
         yield claim
         return
     created = not out_dir.exists()
+    had_checkpoints = (out_dir / CHECKPOINT_DIR).exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = DirectoryLock(out_dir)
     new_lock_file = not lock.path.exists()
@@ -187,9 +187,10 @@ def _claim(out_dir: Path, primary: bool):
         if not claim.started:
             if new_lock_file:
                 lock.path.unlink(missing_ok=True)
-            if created:
-                with contextlib.suppress(OSError):
-                    (out_dir / CHECKPOINT_DIR).rmdir()
+            with contextlib.suppress(OSError):
+                if not had_checkpoints:
+                    (out_dir / CHECKPOINT_DIR).rmdir()  # only if empty
+                if created:
                     out_dir.rmdir()
         raise
     finally:

@@ -101,11 +101,23 @@ class DirectoryLock:
         self._fd: int | None = None
 
     def acquire(self) -> "DirectoryLock":
+        """Take the lock (creating the lock file) and record this process's pid in it."""
+        fd = self._locked(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644))
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def check(self) -> None:
+        """Raise :class:`UsageError` if another process holds the lock; writes nothing."""
+        if self.path.is_file():
+            os.close(self._locked(os.open(self.path, os.O_RDONLY)))
+
+    def _locked(self, fd: int) -> int:
         import fcntl
 
         from jaxscale.errors import UsageError
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -113,10 +125,7 @@ class DirectoryLock:
             os.close(fd)
             raise UsageError(f"{self.directory} is in use by another jaxscale run (pid {holder}): wait for it to "
                              "finish or stop it, or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
+        return fd
 
     def release(self) -> None:
         if self._fd is not None:

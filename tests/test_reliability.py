@@ -21,6 +21,7 @@ import pytest
 from jaxscale import experiment
 from jaxscale.cli import main
 from jaxscale.config import config_from_dict, to_toml
+from jaxscale.errors import UsageError
 from jaxscale.io import DirectoryLock
 from jaxscale.results import Curves
 from jaxscale.train import build_experiment, run_experiment
@@ -124,6 +125,19 @@ def test_second_run_on_a_directory_in_use_is_refused_and_a_killed_holder_frees_i
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     DirectoryLock(out).acquire().release()  # the kernel dropped the dead holder's lock
+
+
+def test_a_run_refused_after_claiming_an_existing_directory_leaves_it_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    before = tree_digest(out)
+    cfg = config_from_dict(TINY, {"data.dataset": "mnist", "data.data_dir": str(tmp_path / "no_data")})
+    with pytest.raises(UsageError):  # the dataset is missing: found only once run() builds the experiment
+        experiment.run(cfg, out, handle_signals=False)
+    assert tree_digest(out) == before  # no lock file, no checkpoints folder
+    experiment.check_run_dir(out)
+    assert tree_digest(out) == before
 
 
 def test_out_naming_a_file_or_a_path_under_a_file_is_refused(tiny, tmp_path, capsys):
