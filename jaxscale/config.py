@@ -6,7 +6,7 @@ is optional except ``train.P``. Unknown keys, wrong types and impossible values 
 
     name = "cnn_cifar10"
     [model]        family, preset, init_factor, init, and [model.arch] overrides of the preset
-    [data]         dataset, data_dir, augment, augment_eval, mean, std, eval_batch_size
+    [data]         dataset, data_dir, path, augment, augment_eval, mean, std, eval_batch_size
     [train]        P, seeds, seed_start, epochs, batch_size, optimizer, lr, weight_decay, log_points
     [norms]        convention, power_iterations, every, exact_steps
     [parallel]     ensemble (how seeds are batched), seeds_per_device, data, api
@@ -54,6 +54,8 @@ class DataConfig:
     dataset: str = "digits"
     #: tfds data_dir (None: $TFDS_DATA_DIR or tfds' default)
     data_dir: Optional[str] = None
+    #: the .npz file of dataset = "npz" (x_train, y_train, x_test, y_test; see jaxscale.data.npz_source)
+    path: Optional[str] = None
     #: "none" | "crop_flip" | "affine"; None = the protocol's default for (family, dataset)
     augment: Optional[str] = None
     #: augment evaluation images too, as the official code does (PROTOCOL §3.1, §9.11); None = as official
@@ -246,6 +248,9 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     from jaxscale.data import DATASETS  # local import: keeps `jaxscale.config` light to import
 
     _choice(source, "data.dataset", d.dataset, DATASETS)
+    if (d.dataset == "npz") != (d.path is not None):
+        raise UsageError(f"{source}: data.path goes with data.dataset = 'npz' (your own arrays): "
+                         + ("give data.path = 'FILE.npz'" if d.dataset == "npz" else "remove data.path or set data.dataset = 'npz'"))
     if d.augment is not None:
         _choice(source, "data.augment", d.augment, AUGMENTS)
     if (d.mean is None) != (d.std is None):

@@ -27,14 +27,14 @@ from jaxscale.data import digits, presets, sampling, tfds_source, transforms
 from jaxscale.data.testing import mock_tfds
 from jaxscale.errors import UsageError
 
-SHAPES = {"mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
+SHAPES = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
 
 
 # ------------------------------------------------------------------------------------------------
 # tfds through tfds.testing.mock_data (the real data_source reading code)
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
 def test_tfds_loader_under_mock_data(name, tmp_path, monkeypatch):
     calls = []
     real = tfds.data_source
@@ -150,7 +150,7 @@ def _cifar_records(rng, n, label_cols, classes):
 
 def _fake_raw_files(name: str, root: Path, rng) -> tuple[dict, dict]:
     """Write tiny raw files in the original formats; return ({url basename: path}, expected)."""
-    if name == "mnist":
+    if name in ("mnist", "fashion_mnist"):  # the same IDX files under the same names
         arrays = {"train": (rng.integers(0, 256, (23, 28, 28), dtype=np.uint8), rng.integers(0, 10, 23)),
                   "test": (rng.integers(0, 256, (9, 28, 28), dtype=np.uint8), rng.integers(0, 10, 9))}
         files = {}
@@ -206,7 +206,7 @@ def _as_multiset(x, y):
     return sorted((int(lab), img.tobytes()) for img, lab in zip(x, y))
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
 def test_download_prepares_arrayrecord_without_tensorflow(name, tmp_path, monkeypatch):
     files, expected = _fake_raw_files(name, tmp_path, np.random.default_rng(1))
     requested = _offline_downloads(monkeypatch, files)
@@ -563,4 +563,4 @@ def test_preprocess_order_and_vmap_over_seeds():
 
 
 def test_datasets_constant():
-    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100")
+    assert DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz")

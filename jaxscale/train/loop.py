@@ -68,7 +68,7 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
     from jaxscale.models import build_model
 
     if dataset is None:
-        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, path=cfg.data.path)
     check_against_dataset(cfg, dataset.n_train)
     dtype = {"fp32": jnp.float32, "tf32": jnp.float32, "bf16": jnp.bfloat16}[cfg.train.precision]
     spec = build_model(
@@ -82,7 +82,7 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
         conv_impl=cfg.model.conv_impl,
         **dict(cfg.model.arch),
     )
-    pre = default_preprocessing(cfg.model.family, cfg.data.dataset)
+    pre = default_preprocessing(cfg.model.family, cfg.data.dataset, dataset)
     mean = cfg.data.mean if cfg.data.mean is not None else pre["mean"]
     std = cfg.data.std if cfg.data.std is not None else pre["std"]
     channels = dataset.input_shape[-1]
