@@ -279,9 +279,9 @@ def test_cli_info_and_download(tmp_path, capsys, monkeypatch):
     assert _run_cli(["data", "info", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"tfds data_dir: {tmp_path} (given)" in out
-    assert "digits    ready" in out and "1397 train / 400 test" in out
-    for name in ("mnist", "cifar10", "cifar100"):
-        assert f"{name:<9} missing          get it: jaxscale data download {name} --data-dir {tmp_path}" in out
+    assert "digits        ready" in out and "1397 train / 400 test" in out
+    for name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+        assert f"{name:<13} missing          get it: jaxscale data download {name} --data-dir {tmp_path}" in out
     assert _run_cli(["data", "download", "digits"]) == 0
     assert "nothing to download" in capsys.readouterr().out
 
@@ -291,7 +291,7 @@ def test_cli_info_and_download(tmp_path, capsys, monkeypatch):
     assert "mnist: ready in" in capsys.readouterr().out
     assert _run_cli(["data", "info", "mnist", "--data-dir", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
-    assert "mnist     ready            array_record, 23 train / 9 test" in out and "cifar10" not in out
+    assert "mnist         ready            array_record, 23 train / 9 test" in out and "cifar10" not in out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -206,3 +206,33 @@ def test_npz_of_the_digits_trains_to_the_same_numbers_as_digits(tmp_path):
     for k, v in ref.curves.values.items():
         np.testing.assert_array_equal(v, mine.curves.values[k], err_msg=k)
     assert np.nanmin(mine.curves.values["test_error"]) < 0.8  # it learned something
+
+
+@pytest.mark.parametrize("damage", ["garbage dataset_info.json", "foreign record files"])
+def test_damaged_prepared_copy_is_one_line_with_the_fix(damage, tmp_path, monkeypatch, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    files, _ = _fake_raw_files("mnist", raw, np.random.default_rng(6))
+    _record_checksums(monkeypatch, "mnist", files)
+    _no_network(monkeypatch)
+    where = Path(tfds_source.prepare_from_files("mnist", str(raw), str(tmp_path / "tfds")))
+    if damage == "garbage dataset_info.json":
+        (where / "dataset_info.json").write_text("{not json")
+    else:  # another dataset's (here: random) bytes under the record files' names
+        for f in where.glob("*.array_record-*"):
+            f.write_bytes(np.random.default_rng(7).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(UsageError) as err:
+        load_dataset("mnist", str(tmp_path / "tfds"))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("cannot read the prepared dataset 'mnist'")
+    assert "fix: delete that folder and prepare it again" in msg
+    st = tfds_source.dataset_status("mnist", str(tmp_path / "tfds"))
+    assert st["state"] == ("unreadable" if damage.startswith("garbage") else "ready")
+    from jaxscale.data import cli as data_cli
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    data_cli.add_arguments(parser)
+    assert data_cli.run(parser.parse_args(["info", "--data-dir", str(tmp_path / "tfds")])) == 0
+    out = capsys.readouterr().out
+    assert ("mnist         unreadable" in out) == damage.startswith("garbage")

@@ -76,15 +76,18 @@ def _info(name: str | None, data_dir: str | None) -> int:
         if n not in TFDS_DATASETS:
             from jaxscale.data import digits
 
-            print(f"  {n:<9} ready            bundled with scikit-learn: {digits.N_TRAIN} train / "
+            print(f"  {n:<13} ready            bundled with scikit-learn: {digits.N_TRAIN} train / "
                   f"{digits.N_TEST} test, 8x8x1, 10 classes")
             continue
         st = tfds_source.dataset_status(n, data_dir)
         if st["state"] == "missing":
-            print(f"  {n:<9} missing          get it: {tfds_source.download_command(n, path, origin)}")
+            print(f"  {n:<13} missing          get it: {tfds_source.download_command(n, path, origin)}")
+            continue
+        if st["state"] == "unreadable":
+            print(f"  {n:<13} unreadable       {st['error']}")
             continue
         sizes = " / ".join(f"{k} {s}" for s, k in st["splits"].items())
         note = ("" if st["state"] == "ready"
                 else "  (only TensorFlow reads this format: re-download into another --data-dir)")
-        print(f"  {n:<9} {st['state']:<16} {st['file_format']}, {sizes}: {st['path']}{note}")
+        print(f"  {n:<13} {st['state']:<16} {st['file_format']}, {sizes}: {st['path']}{note}")
     return 0

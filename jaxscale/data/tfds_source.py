@@ -138,18 +138,37 @@ def load_tfds_dataset(name: str, data_dir: Optional[str] = None) -> ArrayDataset
             train_src, test_src = tfds.data_source(name, split=["train", "test"], data_dir=path, download=False)
         except Exception as err:  # tfds raises assorted types here; _diagnose says which case it is
             raise _diagnose(name, path, origin, err) from None
-        features = train_src.dataset_info.features
-        shape = tuple(int(d) for d in features["image"].shape)
-        num_classes = int(features["label"].num_classes)
-        x_train, y_train = read_split(train_src, shape, f"{name} train")
-        x_test, y_test = read_split(test_src, shape, f"{name} test")
+        try:
+            features = train_src.dataset_info.features
+            shape = tuple(int(d) for d in features["image"].shape)
+            num_classes = int(features["label"].num_classes)
+            x_train, y_train = read_split(train_src, shape, f"{name} train")
+            x_test, y_test = read_split(test_src, shape, f"{name} test")
+        except UsageError:
+            raise
+        except Exception as err:  # damaged or foreign record files: the reader raises assorted types
+            raise _unreadable(name, os.path.join(path, name), path, origin, err) from None
     return ArrayDataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                         num_classes=num_classes, pixel_max=TFDS_PIXEL_MAX)
 
 
+def _unreadable(name: str, where: str, path: str, origin: str, err: BaseException) -> UsageError:
+    return UsageError(f"cannot read the prepared dataset {name!r} in {where} ({type(err).__name__}: "
+                      f"{_one_line(err)}); fix: delete that folder and prepare it again with "
+                      f"`{download_command(name, path, origin)}` (or `jaxscale data prepare {name} --from DIR`)")
+
+
+def _builder(name: str, path: str, origin: str) -> Any:
+    """tfds' builder for a local data_dir; a damaged ``dataset_info.json`` there is a UsageError."""
+    try:
+        return tfds.builder(name, data_dir=path)  # reads local metadata only
+    except Exception as err:  # tfds wraps JSON/proto parse errors in assorted types
+        raise _unreadable(name, os.path.join(path, name), path, origin, err) from None
+
+
 def _diagnose(name: str, path: str, origin: str, err: BaseException) -> UsageError:
     """Turn a failed ``tfds.data_source`` into the user-facing error that says what to do."""
-    builder = tfds.builder(name, data_dir=path)  # reads local metadata only
+    builder = _builder(name, path, origin)
     if not builder.is_prepared():
         return DataMissingError(missing_message(name, path, origin))
     where = os.fspath(builder.data_path)
@@ -160,8 +179,7 @@ def _diagnose(name: str, path: str, origin: str, err: BaseException) -> UsageErr
             f"dataset {name!r} in {where} is prepared as {fmt_name}, which only TensorFlow can read; fix: "
             f"run `jaxscale data download {name} --data-dir OTHER_DIR` (writes ArrayRecord, no TensorFlow "
             f"needed) and use that data_dir")
-    return UsageError(f"cannot read the prepared dataset {name!r} in {where} ({type(err).__name__}: "
-                      f"{_one_line(err)}); fix: delete that folder and run `{download_command(name, path, origin)}`")
+    return _unreadable(name, where, path, origin, err)
 
 
 def read_split(source: Any, shape: tuple[int, ...], what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -526,13 +544,18 @@ def dataset_status(name: str, data_dir: Optional[str] = None) -> dict:
     """What is prepared for ``name`` in the data_dir, from local metadata only.
 
     Returns:
-      ``{"name", "state": "ready" | "missing" | "tensorflow-only", "path", "file_format",
-      "splits": {split: num_examples}}`` (``path``/``file_format``/``splits`` are None when missing).
+      ``{"name", "state": "ready" | "missing" | "tensorflow-only" | "unreadable", "path",
+      "file_format", "splits": {split: num_examples}}`` (``path``/``file_format``/``splits`` are None
+      when missing or unreadable; an unreadable one also has ``"error"``, the one-line reason and fix).
     """
     _check_tfds_name(name)
-    path, _ = resolve_data_dir(data_dir)
+    path, origin = resolve_data_dir(data_dir)
     with _quiet_tfds_logs():
-        builder = tfds.builder(name, data_dir=path)
+        try:
+            builder = _builder(name, path, origin)
+        except UsageError as err:
+            return {"name": name, "state": "unreadable", "path": os.path.join(path, name), "file_format": None,
+                    "splits": None, "error": str(err)}
         if not builder.is_prepared():
             return {"name": name, "state": "missing", "path": None, "file_format": None, "splits": None}
         info = builder.info
