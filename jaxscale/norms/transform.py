@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxscale.errors import UsageError
 from jaxscale.models.layers import WeightLayer
+from jaxscale.models.registry import FAMILIES as PAPER_FAMILIES  # the official code's three
 from jaxscale.norms.measures import assemble, kernel_as_matrix, layer_stats
 from jaxscale.norms.power import (
     _orthonormal_rows,
@@ -38,8 +39,6 @@ from jaxscale.norms.power import (
 )
 
 CONVENTIONS = ("paper", "bartlett")
-# The families whose official norm code the paper convention reproduces (PROTOCOL §5).
-PAPER_FAMILIES = ("cnn", "resnet", "vit")
 # Vectors per layer. Along training the top singular values are nearly degenerate and cross; a
 # block of 4 keeps the in-step σ (1 iteration per step) within 1e-3 where a single vector lagged
 # by up to 10 % (digits CNN, Adam 1e-3). A dense kernel is read once per application whatever the
