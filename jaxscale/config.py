@@ -8,7 +8,7 @@ is optional except ``train.P``. Unknown keys, wrong types and impossible values 
     [model]        family, preset, init_factor, init, and [model.arch] overrides of the preset
     [data]         dataset, data_dir, path, augment, augment_eval, mean, std, eval_batch_size
     [train]        P, seeds, seed_start, epochs, batch_size, optimizer, lr, weight_decay, log_points
-    [norms]        convention, power_iterations, every, exact_steps
+    [norms]        convention, power_iterations, every
     [parallel]     ensemble (how seeds are batched), seeds_per_device, data, api
     [checkpoint]   every_epochs, every_minutes, keep
 """
@@ -94,11 +94,6 @@ class NormsConfig:
     power_iterations: int = 1
     #: update the power-iteration vectors every this many train steps (0: only at logged epochs)
     every: int = 1
-    #: the first this many train steps of each P compute their in-step norms exactly (Lanczos, as
-    #: a logged read) — the cheap tracker lags while fresh layers' top singular values reorder. Only
-    #: the per-step values of the Python API (train_step's log_* metrics) see the difference: the
-    #: values a run logs are always re-converged, so runs leave it at 0 (it costs compile time)
-    exact_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,9 +276,6 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     _choice(source, "norms.convention", n.convention, CONVENTIONS)
     if n.every < 0:
         raise UsageError(f"{source}: norms.every must be >= 0 (0 = only at logged epochs), got {n.every}")
-    if n.exact_steps < 0:
-        raise UsageError(f"{source}: norms.exact_steps must be >= 0 (0 = cheap in-step norms from the first step), "
-                         f"got {n.exact_steps}")
     _choice(source, "parallel.ensemble", p.ensemble, ENSEMBLE_STRATEGIES)
     _choice(source, "parallel.api", p.api, PARALLEL_APIS)
     if p.seeds_per_device < 0:

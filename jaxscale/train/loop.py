@@ -29,7 +29,7 @@ from jaxscale.train import distributed
 from jaxscale.train import step as step_lib
 from jaxscale.train.checkpoint import Checkpoints
 from jaxscale.train.ensemble import init_program, resolve_strategy, seed_map
-from jaxscale.train.norm_tracking import NormTracker
+from jaxscale.norms import Norms
 from jaxscale.train.optim import make_optimizer
 from jaxscale.train.preemption import Interrupted, StopFlag
 from jaxscale.train.schedule import logged_epochs
@@ -95,16 +95,10 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
     common = dict(pixel_max=dataset.pixel_max, mean=tuple(mean), std=tuple(std))
     prep_train = functools.partial(preprocess, augment=augment, **common)
     prep_eval = functools.partial(preprocess, augment=augment if augment_eval else "none", **common)
-    tracker = NormTracker(
-        family=spec.family,
-        layers=spec.layers,
-        convention=cfg.norms.convention,
-        power_iterations=cfg.norms.power_iterations,
-        every=cfg.norms.every,
-        exact_steps=cfg.norms.exact_steps if cfg.norms.every > 0 else 0,
-    )
+    norms = Norms(spec.layers, cfg.norms.convention, spec.family,
+                  power_iterations=cfg.norms.power_iterations, every=cfg.norms.every)
     fns = step_lib.StepFns(spec=spec, tx=make_optimizer(cfg.train), prep_train=prep_train,
-                           prep_eval=prep_eval, norms=tracker)
+                           prep_eval=prep_eval, norms=norms)
     return Experiment(
         cfg=cfg,
         dataset=dataset,
