@@ -6,9 +6,9 @@ is optional except ``train.P``. Unknown keys, wrong types and impossible values 
 
     name = "cnn_cifar10"
     [model]        family, preset, init_factor, init, and [model.arch] overrides of the preset
-    [data]         dataset, data_dir, augment, augment_eval, mean, std, eval_batch_size
+    [data]         dataset, data_dir, path, augment, augment_eval, mean, std, eval_batch_size
     [train]        P, seeds, seed_start, epochs, batch_size, optimizer, lr, weight_decay, log_points
-    [norms]        convention, power_iterations, every, exact_steps
+    [norms]        convention, power_iterations, every
     [parallel]     ensemble (how seeds are batched), seeds_per_device, data, api
     [checkpoint]   every_epochs, every_minutes, keep
 """
@@ -56,6 +56,8 @@ class DataConfig:
     dataset: str = "digits"
     #: tfds data_dir (None: $TFDS_DATA_DIR or tfds' default)
     data_dir: Optional[str] = None
+    #: the .npz file of dataset = "npz" (x_train, y_train, x_test, y_test; see jaxscale.data.npz_source)
+    path: Optional[str] = None
     #: "none" | "crop_flip" | "affine"; None = the protocol's default for (family, dataset)
     augment: Optional[str] = None
     #: augment evaluation images too, as the official code does (PROTOCOL §3.1, §9.11); None = as official
@@ -94,11 +96,6 @@ class NormsConfig:
     power_iterations: int = 1
     #: update the power-iteration vectors every this many train steps (0: only at logged epochs)
     every: int = 1
-    #: the first this many train steps of each P compute their in-step norms exactly (Lanczos, as
-    #: a logged read) — the cheap tracker lags while fresh layers' top singular values reorder. Only
-    #: the per-step values of the Python API (train_step's log_* metrics) see the difference: the
-    #: values a run logs are always re-converged, so runs leave it at 0 (it costs compile time)
-    exact_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,6 +285,9 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     from jaxscale.data import DATASETS  # local import: keeps `jaxscale.config` light to import
 
     check_choice(source, "data.dataset", d.dataset, DATASETS)
+    if (d.dataset == "npz") != (d.path is not None):
+        raise UsageError(f"{source}: data.path goes with data.dataset = 'npz' (your own arrays): "
+                         + ("give data.path = 'FILE.npz'" if d.dataset == "npz" else "remove data.path or set data.dataset = 'npz'"))
     if d.augment is not None:
         check_choice(source, "data.augment", d.augment, AUGMENTS)
     if (d.mean is None) != (d.std is None):
@@ -322,9 +322,6 @@ def validate(cfg: Config, *, source: str = "config") -> None:
     check_choice(source, "norms.convention", n.convention, CONVENTIONS)
     if n.every < 0:
         raise UsageError(f"{source}: norms.every must be >= 0 (0 = only at logged epochs), got {n.every}")
-    if n.exact_steps < 0:
-        raise UsageError(f"{source}: norms.exact_steps must be >= 0 (0 = cheap in-step norms from the first step), "
-                         f"got {n.exact_steps}")
     check_choice(source, "parallel.ensemble", p.ensemble, ENSEMBLE_STRATEGIES)
     check_choice(source, "parallel.api", p.api, PARALLEL_APIS)
     if p.seeds_per_device < 0:

@@ -27,14 +27,14 @@ from jaxscale.data import digits, presets, sampling, tfds_source, transforms
 from jaxscale.data.testing import mock_tfds
 from jaxscale.errors import UsageError
 
-SHAPES = {"mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
+SHAPES = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
 
 
 # ------------------------------------------------------------------------------------------------
 # tfds through tfds.testing.mock_data (the real data_source reading code)
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
 def test_tfds_loader_under_mock_data(name, tmp_path, monkeypatch):
     calls = []
     real = tfds.data_source
@@ -150,7 +150,7 @@ def _cifar_records(rng, n, label_cols, classes):
 
 def _fake_raw_files(name: str, root: Path, rng) -> tuple[dict, dict]:
     """Write tiny raw files in the original formats; return ({url basename: path}, expected)."""
-    if name == "mnist":
+    if name in ("mnist", "fashion_mnist"):  # the same IDX files under the same names
         arrays = {"train": (rng.integers(0, 256, (23, 28, 28), dtype=np.uint8), rng.integers(0, 10, 23)),
                   "test": (rng.integers(0, 256, (9, 28, 28), dtype=np.uint8), rng.integers(0, 10, 9))}
         files = {}
@@ -206,7 +206,7 @@ def _as_multiset(x, y):
     return sorted((int(lab), img.tobytes()) for img, lab in zip(x, y))
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100"])
 def test_download_prepares_arrayrecord_without_tensorflow(name, tmp_path, monkeypatch):
     files, expected = _fake_raw_files(name, tmp_path, np.random.default_rng(1))
     requested = _offline_downloads(monkeypatch, files)
@@ -279,9 +279,9 @@ def test_cli_info_and_download(tmp_path, capsys, monkeypatch):
     assert _run_cli(["data", "info", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"tfds data_dir: {tmp_path} (given)" in out
-    assert "digits    ready" in out and "1397 train / 400 test" in out
-    for name in ("mnist", "cifar10", "cifar100"):
-        assert f"{name:<9} missing          get it: jaxscale data download {name} --data-dir {tmp_path}" in out
+    assert "digits        ready" in out and "1397 train / 400 test" in out
+    for name in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
+        assert f"{name:<13} missing          get it: jaxscale data download {name} --data-dir {tmp_path}" in out
     assert _run_cli(["data", "download", "digits"]) == 0
     assert "nothing to download" in capsys.readouterr().out
 
@@ -291,7 +291,7 @@ def test_cli_info_and_download(tmp_path, capsys, monkeypatch):
     assert "mnist: ready in" in capsys.readouterr().out
     assert _run_cli(["data", "info", "mnist", "--data-dir", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
-    assert "mnist     ready            array_record, 23 train / 9 test" in out and "cifar10" not in out
+    assert "mnist         ready            array_record, 23 train / 9 test" in out and "cifar10" not in out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -563,4 +563,4 @@ def test_preprocess_order_and_vmap_over_seeds():
 
 
 def test_datasets_constant():
-    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100")
+    assert DATASETS == ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "npz")

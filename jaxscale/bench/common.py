@@ -51,18 +51,17 @@ def synthetic_dataset(name: str, n_train: int, n_test: int = 1000, seed: int = 0
 
 def bench_config(model: str, dataset: str, *, seeds: int, P: int, precision: str = "fp32",
                  ensemble: str = "auto", norms_every: int = 1, preset: Optional[str] = None,
-                 conv_impl: str = "auto", exact_steps: int = 0, **train):
+                 conv_impl: str = "auto", **train):
     """A validated Config for a benchmark of ``model`` on ``dataset`` (protocol preset of that dataset).
 
     ``ensemble`` is stored only if the config schema accepts it; benchmarks resolve strategies
-    themselves (:func:`jaxscale.train.ensemble.choose_strategy`). ``exact_steps`` defaults to 0: the
-    benchmarks time the steady state, not the exact in-step norms of a run's first steps."""
+    themselves (:func:`jaxscale.train.ensemble.choose_strategy`)."""
     raw = {
         "name": f"bench-{model}-{dataset}",
         "model": {"family": model, "preset": preset or dataset, "conv_impl": conv_impl},
         "data": {"dataset": dataset},
         "train": {"P": [P], "seeds": seeds, "epochs": 1, "precision": precision, **train},
-        "norms": {"every": norms_every, "exact_steps": exact_steps},
+        "norms": {"every": norms_every},
         "parallel": {"ensemble": ensemble if ensemble in ("auto", "vmap", "loop") else "auto"},
     }
     return config_from_dict(raw, source="bench")

@@ -3,8 +3,7 @@
 A short measured run of the config's real programs (its model, seeds, precision, norms, batch size,
 and the ensemble strategy a run would use — calibrated exactly as a run calibrates it) times:
 
-* one steady-state training epoch at a measured P (a multiple of the batch size), after two
-  compiling rounds, and one epoch of a run's exact start (``norms.exact_steps``: Lanczos in-step norms);
+* one training epoch at a measured P (a multiple of the batch size), after two compiling rounds;
 * one logged-epoch evaluation (train subset + test set, in ``eval_batch_size`` chunks, norms read)
   over a shortened test set;
 * the compilation of the epoch and evaluation programs and the initialisation of the seeds.
@@ -12,7 +11,7 @@ and the ensemble strategy a run would use — calibrated exactly as a run calibr
 The projection then adds up what the config will do: for every P, compile once (init: once), ``epochs``
 training epochs (time proportional to P: every epoch is ``P / batch`` steps of the same program) and
 one evaluation per logged epoch (time proportional to the number of evaluation chunks, from P and the
-real test-set size), the exact start's extra time per step for its steps, plus the calibration. The same is projected for training the seeds one at a time
+real test-set size), plus the calibration. The same is projected for training the seeds one at a time
 with the one-seed program (compiled once per P, run S times). Pixels are synthetic for MNIST/CIFAR
 shapes (speed does not depend on them); ``digits`` is the real bundled set.
 """
@@ -35,8 +34,7 @@ from jaxscale.bench.common import DATASET_SHAPES, machine_info, synthetic_datase
 def _measure(exp, strategy: str, S: int, P: int, n_test: int, repeats: int) -> dict:
     """Seconds of: compile (epoch + eval), init (first time: compile included), one steady-state
     training epoch (median of ``repeats`` after two warm-up rounds), one evaluation over P train +
-    ``n_test`` test images (median), for ``S`` seeds; and ``exact_step_extra_s``, the extra time of one
-    step of a run's exact start (``norms.exact_steps``: Lanczos in-step norms) over a steady step."""
+    ``n_test`` test images (median), for ``S`` seeds."""
     from jaxscale.data.sampling import subset_indices
     from jaxscale.train.ensemble import epoch_program, init_states
     from jaxscale.train.loop import make_programs, stacked_seed_keys
@@ -62,15 +60,11 @@ def _measure(exp, strategy: str, S: int, P: int, n_test: int, repeats: int) -> d
         epoch = epoch_program(exp.fns, bs, strategy, S)
         evaluate = make_programs(exp_eval)["eval"]
         ep, ev, warm = [], [], []
-        spe = -(-P // bs)
-        tracker = exp.fns.norms
-        # timed epochs are steady-state ones (past the exact start); epoch 1 is in the exact start
-        e0 = tracker.first_steady_epoch(spe)
         # rounds 0 and 1 compile: the eval program hands back states laid out on its device mesh,
         # which the epoch program then compiles for once more (and vice versa)
         for i in range(repeats + 2):
             t0 = time.perf_counter()
-            states, m = epoch(states, subsets, x, y, jnp.int32(e0 + i))
+            states, m = epoch(states, subsets, x, y, jnp.int32(1 + i))
             jax.block_until_ready(m)
             t1 = time.perf_counter()
             out, states = evaluate(states, subsets, x, y, xt, yt, jnp.int32(i + 1))
@@ -78,17 +72,11 @@ def _measure(exp, strategy: str, S: int, P: int, n_test: int, repeats: int) -> d
             t2 = time.perf_counter()
             (ep if i >= 2 else warm).append(t1 - t0)
             (ev if i >= 2 else warm).append(t2 - t1)
-        exact_extra = 0.0
-        if tracker.exact_steps >= spe:  # epoch 1 is all exact steps: time one
-            t0 = time.perf_counter()
-            states, m = epoch(states, subsets, x, y, jnp.int32(1))
-            jax.block_until_ready(m)
-            exact_extra = max(0.0, (time.perf_counter() - t0) - statistics.median(ep)) / spe
     epoch_s, eval_s = statistics.median(ep), statistics.median(ev)
     # the warm-up rounds' excess over timed rounds is compilation (and first-touch allocation)
     compile_s = max(0.0, sum(warm) - 2 * (epoch_s + eval_s))
     return {"epoch_s": epoch_s, "eval_s": eval_s, "compile_s": compile_s, "init_s": init_s,
-            "exact_step_extra_s": exact_extra, "epoch_samples_s": ep, "eval_samples_s": ev}
+            "epoch_samples_s": ep, "eval_samples_s": ev}
 
 
 def project(cfg, *, P_measure: int = 512, repeats: int = 1, sequential: bool = True, n_test_measure: int = 0,
@@ -114,7 +102,6 @@ def project(cfg, *, P_measure: int = 512, repeats: int = 1, sequential: bool = T
     cfg_m = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, P=(P_measure,)))
     exp = build_experiment(cfg_m, ds)
     n_log = len(exp.epochs_logged)
-    exact_steps = exp.fns.norms.exact_steps
     S_m = min(S, seeds_measure) if seeds_measure else S
     total_images = S * sum(cfg.train.P) * T
 
@@ -133,8 +120,7 @@ def project(cfg, *, P_measure: int = 512, repeats: int = 1, sequential: bool = T
         for i, P in enumerate(cfg.train.P):
             train = T * m["epoch_s"] * P / P_measure
             ev = n_log * m["eval_s"] * chunks(P, n_test_real) / chunks(P_measure, n_test_measure)
-            exact = min(exact_steps, T * math.ceil(P / bs)) * m["exact_step_extra_s"]
-            per_P.append(m["compile_s"] + (m["init_s"] if i == 0 else 0.0) + n_seeds_scale * (train + ev + exact))
+            per_P.append(m["compile_s"] + (m["init_s"] if i == 0 else 0.0) + n_seeds_scale * (train + ev))
         return per_P
 
     ens = _measure(exp, choice.strategy, S_m, P_measure, n_test_measure, repeats)
@@ -147,7 +133,6 @@ def project(cfg, *, P_measure: int = 512, repeats: int = 1, sequential: bool = T
         "ensemble_strategy": choice.strategy, "ensemble_choice": choice.as_dict(),
         "ensemble_epoch_s": ens["epoch_s"], "ensemble_eval_s": ens["eval_s"],
         "ensemble_compile_s": ens["compile_s"], "ensemble_init_s": ens["init_s"],
-        "ensemble_exact_step_extra_s": ens["exact_step_extra_s"],
         "calibration_s": calibration_s,
         "projected_ensemble_per_P_s": per_P_ens,
         "projected_ensemble_s": sum(per_P_ens) + calibration_s,

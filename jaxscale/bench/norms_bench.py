@@ -1,10 +1,9 @@
 """``jaxscale bench norms``: what in-graph norms cost a train step, next to the official approach.
 
 In one run, for an S-seed ensemble: the median train-step time without norms (``norms.every = 0``),
-with the power-iteration update in every step (``every = 1``), with the exact (Lanczos) in-step norms
-that ``norms.exact_steps`` asks for in the first steps, and the official approach — an exact SVD of every weight
-matrix, jitted on the same device. All four are timed interleaved (ABCDABCD…) so that load from other
-processes hits them alike.
+with the power-iteration update in every step (``every = 1``), and the official approach — an exact
+SVD of every weight matrix, jitted on the same device. All three are timed interleaved (ABCABC…) so
+that load from other processes hits them alike.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
 from jaxscale.bench.common import bench_config, build_bench_experiment
 
@@ -28,10 +26,8 @@ def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int =
 
     P = steps * 128
     runners, exps = {}, {}
-    # exact_start: every step computes its norms the way a run's first `norms.exact_steps` steps do
-    for name, every, exact in (("no_norms", 0, 0), ("with_norms", 1, 0), ("exact_start", 1, 1 << 30)):
-        cfg = bench_config(model, dataset, seeds=seeds, P=P, norms_every=every, ensemble=ensemble,
-                           exact_steps=exact)
+    for name, every in (("no_norms", 0), ("with_norms", 1)):
+        cfg = bench_config(model, dataset, seeds=seeds, P=P, norms_every=every, ensemble=ensemble)
         cfg = dataclasses.replace(cfg, norms=dataclasses.replace(
             cfg.norms, power_iterations=power_iterations, convention=convention))
         exp = build_bench_experiment(cfg, dataset, n_train=max(P, 1024))
@@ -48,7 +44,7 @@ def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int =
 
     keys = stacked_seed_keys(range(seeds))
     states = make_programs(exp)["init"](keys["init"], keys["train"], keys["norms"])
-    svd_fn = jax.jit(jax.vmap(lambda p: exact_norms(exp.spec.family, exp.spec.layers, p, convention=convention)))
+    svd_fn = jax.jit(jax.vmap(lambda p: exact_norms(exp.fns.norms, p)))
     jax.block_until_ready(svd_fn(states.params))
     # all three timed round-robin (ABCABC...), so that load from other processes hits them alike
     times = {k: [] for k in runners}
@@ -65,16 +61,14 @@ def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int =
     step_s = statistics.median(times["no_norms"])
     step_n = statistics.median(times["with_norms"])
     svd_s = statistics.median(svd_times)
-    step_x = statistics.median(times["exact_start"])
     return {
         "model": model, "dataset": dataset, "seeds": seeds, "batch_size": 128,
         "power_iterations": power_iterations, "convention": convention, "ensemble": strategy,
         "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
         "step_s": step_s, "step_with_norms_s": step_n, "overhead_fraction": step_n / step_s - 1.0,
         "svd_s": svd_s, "svd_over_step": svd_s / step_s,
-        "step_exact_norms_s": step_x, "exact_step_extra_s": max(0.0, step_x - step_n),
         "samples": {"step_s": times["no_norms"], "step_with_norms_s": times["with_norms"],
-                    "step_exact_norms_s": times["exact_start"], "svd_s": svd_times},
+                    "svd_s": svd_times},
     }
 
 
@@ -86,6 +80,4 @@ def format_norms(r: dict) -> str:
         f"  train step, norms every step ({r['power_iterations']} it.)     {r['step_with_norms_s'] * 1e3:>9.2f} ms"
         f"   overhead {r['overhead_fraction']:+.1%}",
         f"  official approach: exact SVD of all layers {r['svd_s'] * 1e3:>8.2f} ms   = {r['svd_over_step']:.2f} train steps",
-        f"  train step with exact (Lanczos) in-step norms  {r['step_exact_norms_s'] * 1e3:>9.2f} ms "
-        f"(norms.exact_steps: {r['exact_step_extra_s']:.2f} s extra a step)",
     ])

@@ -1,6 +1,6 @@
 """The protocol's normalisation and augmentation per model family × dataset (PROTOCOL §3.1).
 
-| family | MNIST                          | CIFAR-10 / CIFAR-100                    | digits (offline)       |
+| family | MNIST, Fashion-MNIST           | CIFAR-10 / CIFAR-100                    | digits (offline)       |
 |--------|--------------------------------|-----------------------------------------|------------------------|
 | cnn    | mean 0.5, std 0.5; none        | CIFAR mean/std; none                    | digits mean/std; none  |
 | resnet | affine; mean 0.1307, std 0.3081| crop_flip; CIFAR mean/std               | digits mean/std; none  |
@@ -11,13 +11,17 @@ official code does. ResNet on MNIST follows the HEAD script (the pre-HEAD one us
 augmentation). The digits are not in the paper: their mean/std are those of the digits training
 split in [0, 1] (population std over all pixels; :func:`digits_stats` recomputes them, a test
 checks the constants), and no augmentation (8×8 images are too small for the paper's ones).
+Fashion-MNIST (not in the paper) has MNIST's shapes and takes MNIST's protocol. A user's own
+``npz`` arrays are normalised with their training split's per-channel mean/std, not augmented.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
-from jaxscale.data.datasets import DATASETS
+from jaxscale.data.datasets import DATASETS, ArrayDataset
 from jaxscale.errors import UsageError
 
 #: model families with protocol presets
@@ -31,17 +35,26 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DIGITS_MEAN, DIGITS_STD = (0.3051,), (0.3761,)
 
 
-def default_preprocessing(family: str, dataset: str) -> dict:
+def default_preprocessing(family: str, dataset: str, data: Optional[ArrayDataset] = None) -> dict:
     """``{"mean": tuple, "std": tuple, "augment": str}`` the protocol uses for ``family`` on
-    ``dataset`` (see the module table). Raises :class:`UsageError` for an unknown name."""
+    ``dataset`` (see the module table); for ``npz`` (a user's own arrays, given as ``data``) the
+    training split's per-channel mean/std and no augmentation. Raises :class:`UsageError` for an
+    unknown name."""
     fam = family.lower()
     if fam not in FAMILIES:
         raise UsageError(f"unknown model family {family!r}: choose one of {', '.join(FAMILIES)}")
     if dataset not in DATASETS:
         raise UsageError(f"unknown dataset {dataset!r}: choose one of {', '.join(DATASETS)}")
+    if dataset == "npz":
+        from jaxscale.data.npz_source import channel_stats
+
+        if data is None:
+            raise UsageError("the npz dataset's normalisation is computed from its training split: pass data")
+        mean, std = channel_stats(data.x_train, data.pixel_max)
+        return {"mean": mean, "std": std, "augment": "none"}
     if dataset == "digits":
         return {"mean": DIGITS_MEAN, "std": DIGITS_STD, "augment": "none"}
-    if dataset == "mnist":
+    if dataset in ("mnist", "fashion_mnist"):  # Fashion-MNIST: MNIST's shapes, so MNIST's protocol
         if fam == "cnn":
             return {"mean": MNIST_HALF_MEAN, "std": MNIST_HALF_STD, "augment": "none"}
         return {"mean": MNIST_MEAN, "std": MNIST_STD, "augment": "affine"}

@@ -30,6 +30,7 @@ import os
 import socket
 import struct
 import tarfile
+import types
 import urllib.parse
 from typing import Any, Iterable, Iterator, Optional
 
@@ -137,18 +138,37 @@ def load_tfds_dataset(name: str, data_dir: Optional[str] = None) -> ArrayDataset
             train_src, test_src = tfds.data_source(name, split=["train", "test"], data_dir=path, download=False)
         except Exception as err:  # tfds raises assorted types here; _diagnose says which case it is
             raise _diagnose(name, path, origin, err) from None
-        features = train_src.dataset_info.features
-        shape = tuple(int(d) for d in features["image"].shape)
-        num_classes = int(features["label"].num_classes)
-        x_train, y_train = read_split(train_src, shape, f"{name} train")
-        x_test, y_test = read_split(test_src, shape, f"{name} test")
+        try:
+            features = train_src.dataset_info.features
+            shape = tuple(int(d) for d in features["image"].shape)
+            num_classes = int(features["label"].num_classes)
+            x_train, y_train = read_split(train_src, shape, f"{name} train")
+            x_test, y_test = read_split(test_src, shape, f"{name} test")
+        except UsageError:
+            raise
+        except Exception as err:  # damaged or foreign record files: the reader raises assorted types
+            raise _unreadable(name, os.path.join(path, name), path, origin, err) from None
     return ArrayDataset(name=name, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                         num_classes=num_classes, pixel_max=TFDS_PIXEL_MAX)
 
 
+def _unreadable(name: str, where: str, path: str, origin: str, err: BaseException) -> UsageError:
+    return UsageError(f"cannot read the prepared dataset {name!r} in {where} ({type(err).__name__}: "
+                      f"{_one_line(err)}); fix: delete that folder and prepare it again with "
+                      f"`{download_command(name, path, origin)}` (or `jaxscale data prepare {name} --from DIR`)")
+
+
+def _builder(name: str, path: str, origin: str) -> Any:
+    """tfds' builder for a local data_dir; a damaged ``dataset_info.json`` there is a UsageError."""
+    try:
+        return tfds.builder(name, data_dir=path)  # reads local metadata only
+    except Exception as err:  # tfds wraps JSON/proto parse errors in assorted types
+        raise _unreadable(name, os.path.join(path, name), path, origin, err) from None
+
+
 def _diagnose(name: str, path: str, origin: str, err: BaseException) -> UsageError:
     """Turn a failed ``tfds.data_source`` into the user-facing error that says what to do."""
-    builder = tfds.builder(name, data_dir=path)  # reads local metadata only
+    builder = _builder(name, path, origin)
     if not builder.is_prepared():
         return DataMissingError(missing_message(name, path, origin))
     where = os.fspath(builder.data_path)
@@ -159,8 +179,7 @@ def _diagnose(name: str, path: str, origin: str, err: BaseException) -> UsageErr
             f"dataset {name!r} in {where} is prepared as {fmt_name}, which only TensorFlow can read; fix: "
             f"run `jaxscale data download {name} --data-dir OTHER_DIR` (writes ArrayRecord, no TensorFlow "
             f"needed) and use that data_dir")
-    return UsageError(f"cannot read the prepared dataset {name!r} in {where} ({type(err).__name__}: "
-                      f"{_one_line(err)}); fix: delete that folder and run `{download_command(name, path, origin)}`")
+    return _unreadable(name, where, path, origin, err)
 
 
 def read_split(source: Any, shape: tuple[int, ...], what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -224,11 +243,7 @@ def read_idx_gz(path: Any) -> np.ndarray:
     return arr.reshape(dims)
 
 
-_MnistBase = tfds.builder_cls("mnist")
-_Cifar10Base = tfds.builder_cls("cifar10")
-_Cifar100Base = tfds.builder_cls("cifar100")
-
-#: MNIST's four raw files (the names tfds downloads from ``MNIST.URL``)
+#: the four raw files of MNIST and Fashion-MNIST (the names tfds downloads from the builder's ``URL``)
 _MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
@@ -237,12 +252,8 @@ _MNIST_FILES = {
 }
 
 
-class _MnistArrayRecord(_MnistBase, skip_registration=True):
-    """tfds' MNIST builder with a TensorFlow-free example generator."""
-
-    name = _MnistBase.name
-    # tfds finds a builder's recorded URL checksums next to its code: keep tfds' location.
-    code_path = _MnistBase.code_path
+class _MnistNoTF:
+    """TensorFlow-free generator shared by MNIST and Fashion-MNIST (same IDX files, own ``URL``)."""
 
     def _split_generators(self, dl_manager):
         paths = dl_manager.download({k: urllib.parse.urljoin(self.URL, v) for k, v in _MNIST_FILES.items()})
@@ -254,7 +265,7 @@ class _MnistArrayRecord(_MnistBase, skip_registration=True):
     def _generate_examples(self, images_path, labels_path):
         images, labels = read_idx_gz(images_path), read_idx_gz(labels_path)
         if images.ndim != 3 or labels.shape != (images.shape[0],):
-            raise ValueError(f"MNIST files disagree: images {images.shape}, labels {labels.shape}")
+            raise ValueError(f"{self.name} files disagree: images {images.shape}, labels {labels.shape}")
         for index in range(images.shape[0]):  # key = index, as tfds' own generator
             yield index, {"image": _png(images[index][..., None]), "label": int(labels[index])}
 
@@ -302,21 +313,20 @@ def _tar_member(tar: tarfile.TarFile, member: str) -> bytes:
         return f.read()
 
 
-class _Cifar10ArrayRecord(_CifarNoTF, _Cifar10Base, skip_registration=True):
-    """tfds' CIFAR-10 builder with a TensorFlow-free example generator."""
-
-    name = _Cifar10Base.name
-    code_path = _Cifar10Base.code_path
-
-
-class _Cifar100ArrayRecord(_CifarNoTF, _Cifar100Base, skip_registration=True):
-    """tfds' CIFAR-100 builder with a TensorFlow-free example generator."""
-
-    name = _Cifar100Base.name
-    code_path = _Cifar100Base.code_path
+def _without_tensorflow(generator: type, name: str) -> type:
+    """tfds' builder for ``name`` with ``generator``'s TensorFlow-free example generator."""
+    base = tfds.builder_cls(name)
+    # Same name (tfds reads and writes <data_dir>/<name>/<version>) and code_path (tfds finds a
+    # builder's recorded URL checksums next to its code).
+    body = {"name": base.name, "code_path": base.code_path, "__doc__": f"tfds' {name} builder without TensorFlow."}
+    return types.new_class(f"_{base.__name__}NoTF", (generator, base), {"skip_registration": True},
+                           lambda ns: ns.update(body))
 
 
-_PREPARERS = {"mnist": _MnistArrayRecord, "cifar10": _Cifar10ArrayRecord, "cifar100": _Cifar100ArrayRecord}
+_PREPARERS = {"mnist": _without_tensorflow(_MnistNoTF, "mnist"),
+              "fashion_mnist": _without_tensorflow(_MnistNoTF, "fashion_mnist"),
+              "cifar10": _without_tensorflow(_CifarNoTF, "cifar10"),
+              "cifar100": _without_tensorflow(_CifarNoTF, "cifar100")}
 
 
 def _check_tfds_name(name: str) -> None:
@@ -398,6 +408,135 @@ def download_dataset(name: str, data_dir: Optional[str] = None) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+# Preparing from raw files already on disk (air-gapped machines)
+
+#: Original gzip modification times of raw files that repackagers re-wrap, by tfds' recorded sha256.
+#: Debian's ``dataset-fashion-mnist`` ships Zalando's files with the gzip header rewritten (stored
+#: file name dropped, mtime set to the package's build time: strip-nondeterminism); the compressed
+#: stream and its CRC are untouched. Restoring the header from these values gives back the exact
+#: bytes tfds recorded, so such a copy is verified against tfds' own checksum, not trusted.
+_ORIGINAL_GZIP_MTIME = {
+    "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84": 1504176606,  # fashion train images
+    "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845": 1504176606,  # fashion train labels
+    "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073": 1504176627,  # fashion test images
+    "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5": 1504176627,  # fashion test labels
+}
+_GZIP_FNAME = 0x08
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _restore_gzip_header(data: bytes, filename: str, checksum: str) -> Optional[bytes]:
+    """``data`` with the original gzip header put back (stored name = ``filename`` without ``.gz``,
+    the recorded original mtime), or None when that is not possible: not a gzip, no recorded mtime,
+    or a header carrying more than the basic fields."""
+    mtime = _ORIGINAL_GZIP_MTIME.get(checksum)
+    if mtime is None or len(data) < 18 or data[:3] != b"\x1f\x8b\x08" or data[3] not in (0, _GZIP_FNAME):
+        return None
+    body = data[10:]
+    if data[3] & _GZIP_FNAME:  # drop the stored name that is there
+        end = body.find(b"\0")
+        if end < 0:
+            return None
+        body = body[end + 1:]
+    stored = filename[:-3] if filename.endswith(".gz") else filename
+    return (data[:3] + bytes([_GZIP_FNAME]) + struct.pack("<I", mtime) + data[8:10]
+            + stored.encode("latin-1") + b"\0" + body)
+
+
+def check_raw_files(name: str, src_dir: str, stage_dir: str) -> list[str]:
+    """Verify the raw files tfds would download for ``name`` in ``src_dir`` against tfds' recorded
+    sizes and sha256 checksums, and lay out verified copies in ``stage_dir`` for tfds to read.
+
+    A file that matches is linked; a gzip whose header a repackager rewrote (see
+    :data:`_ORIGINAL_GZIP_MTIME`) is restored to the recorded bytes and written there.
+
+    Returns:
+      One entry per problem, e.g. ``"train-images-idx3-ubyte.gz: missing"`` or
+      ``"...: 123 bytes, sha256 ab12…; expected 26421880 bytes, sha256 3aede3…"``; empty if all good.
+    """
+    problems = []
+    for info in _PREPARERS[name].url_infos.values():
+        fname = info.filename
+        src = os.path.join(src_dir, fname)
+        if not os.path.isfile(src):
+            problems.append(f"{fname}: missing")
+            continue
+        with open(src, "rb") as f:
+            data = f.read()
+        dst = os.path.join(stage_dir, fname)
+        if len(data) == info.size and _sha256(data) == info.checksum:
+            os.symlink(os.path.abspath(src), dst)
+            continue
+        restored = _restore_gzip_header(data, fname, info.checksum)
+        if restored is not None and len(restored) == info.size and _sha256(restored) == info.checksum:
+            with open(dst, "wb") as f:
+                f.write(restored)
+            continue
+        problems.append(f"{fname}: {len(data)} bytes, sha256 {_sha256(data)[:12]}…; expected {info.size} bytes, "
+                        f"sha256 {info.checksum[:12]}…")
+    return problems
+
+
+def prepare_from_files(name: str, src_dir: str, data_dir: Optional[str] = None) -> str:
+    """Prepare ``name`` in the tfds data_dir from raw files already on disk (no network).
+
+    ``src_dir`` holds the files tfds would download, under their original names (for MNIST and
+    Fashion-MNIST the four ``*-idx?-ubyte.gz``; for CIFAR the ``cifar-10*-binary.tar.gz`` archive).
+    Every file is checked against tfds' recorded size and sha256 first; then tfds' own
+    ``download_and_prepare`` reads them as a manual download (and checks them again) and writes the
+    same ArrayRecord copy a download would. A no-op when the dataset is already prepared there.
+
+    Returns:
+      The prepared dataset's folder.
+
+    Raises:
+      UsageError: ``src_dir`` is not a folder, a file is missing or does not match its checksum
+        (one line listing each), or the data_dir is not writable.
+    """
+    import shutil
+    import tempfile
+
+    _check_tfds_name(name)
+    path, _ = resolve_data_dir(data_dir)
+    if not os.path.isdir(src_dir):
+        raise UsageError(f"--from {src_dir}: not a folder; fix: pass the folder that holds the raw {name} files")
+    preparer = _PREPARERS[name]
+    with _quiet_tfds_logs():
+        builder = preparer(data_dir=path)
+        if builder.is_prepared():
+            return os.fspath(builder.data_path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=f".{name}-raw-", dir=path)
+    except OSError as err:
+        raise UsageError(f"cannot write to the tfds data_dir {path} ({type(err).__name__}: {_one_line(err)}); "
+                         f"fix: pass a writable --data-dir") from None
+    try:
+        problems = check_raw_files(name, src_dir, stage)
+        if problems:
+            expected = ", ".join(i.filename for i in preparer.url_infos.values())
+            raise UsageError(f"raw {name} files in {src_dir} do not match tfds' recorded checksums: "
+                             f"{'; '.join(problems)}; fix: copy the original files ({expected}) there unchanged")
+        with _quiet_tfds_logs():
+            try:
+                builder.download_and_prepare(
+                    file_format="array_record",
+                    download_config=tfds.download.DownloadConfig(manual_dir=stage, try_download_gcs=False),
+                )
+            except (NonMatchingChecksumError, OSError) as err:
+                raise UsageError(f"preparing {name} in {path} from {src_dir} failed ({type(err).__name__}: "
+                                 f"{_one_line(err)}); fix: free disk space or pass another --data-dir") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return os.fspath(builder.data_path)
+
+
+# ------------------------------------------------------------------------------------------------
 # Status (for `jaxscale data info`)
 
 
@@ -405,13 +544,18 @@ def dataset_status(name: str, data_dir: Optional[str] = None) -> dict:
     """What is prepared for ``name`` in the data_dir, from local metadata only.
 
     Returns:
-      ``{"name", "state": "ready" | "missing" | "tensorflow-only", "path", "file_format",
-      "splits": {split: num_examples}}`` (``path``/``file_format``/``splits`` are None when missing).
+      ``{"name", "state": "ready" | "missing" | "tensorflow-only" | "unreadable", "path",
+      "file_format", "splits": {split: num_examples}}`` (``path``/``file_format``/``splits`` are None
+      when missing or unreadable; an unreadable one also has ``"error"``, the one-line reason and fix).
     """
     _check_tfds_name(name)
-    path, _ = resolve_data_dir(data_dir)
+    path, origin = resolve_data_dir(data_dir)
     with _quiet_tfds_logs():
-        builder = tfds.builder(name, data_dir=path)
+        try:
+            builder = _builder(name, path, origin)
+        except UsageError as err:
+            return {"name": name, "state": "unreadable", "path": os.path.join(path, name), "file_format": None,
+                    "splits": None, "error": str(err)}
         if not builder.is_prepared():
             return {"name": name, "state": "missing", "path": None, "file_format": None, "splits": None}
         info = builder.info

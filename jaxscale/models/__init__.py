@@ -6,14 +6,16 @@ Usage::
     variables = spec.init(jax.random.key(0))          # {"params": ...[, "batch_stats": ...]}
     logits, new_state = spec.apply(variables, x, train=True, rng=dropout_key)
 
-``spec.layers`` lists, in network order, the weight matrices the norms module uses
-(``jaxscale.models.layers``); ``in_paper`` marks those the official norm code sees.
-Files: ``cnn.py``, ``resnet.py``, ``vit.py`` (module + presets + declared layers each), ``init.py``
-(PyTorch initialisers in Flax layouts), ``registry.py`` (presets, overrides, validation).
+``spec.layers`` lists, in network order, the weight matrices the norms module uses, traced from the
+module (:func:`trace_layers` works on any Flax module); ``in_paper`` marks those the official norm
+code sees. Files: ``cnn.py``, ``resnet.py``, ``vit.py`` (module + presets each), ``init.py``
+(PyTorch initialisers in Flax layouts), ``layers.py`` (tracing), ``registry.py`` (presets,
+overrides, validation, the paper convention's per-family layer rule).
 """
 
-from jaxscale.models.layers import WeightLayer
+from jaxscale.models.layers import WeightLayer, trace_layers
 from jaxscale.models.registry import FAMILIES, PRESETS, build_model, param_count, resolve_hyper
 from jaxscale.models.spec import ModelSpec
 
-__all__ = ["FAMILIES", "PRESETS", "ModelSpec", "WeightLayer", "build_model", "param_count", "resolve_hyper"]
+__all__ = ["FAMILIES", "PRESETS", "ModelSpec", "WeightLayer", "build_model", "param_count", "resolve_hyper",
+           "trace_layers"]

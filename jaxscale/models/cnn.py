@@ -16,8 +16,7 @@ import jax.numpy as jnp
 
 from jaxscale.models import init as I
 from jaxscale.models.conv import Conv2D
-from jaxscale.models.common import conv_output_hw, max_pool_2x2, require
-from jaxscale.models.layers import WeightLayer
+from jaxscale.models.common import max_pool_2x2, require
 
 INITS = ("head",)  # the pre-init-factor script used the same PyTorch defaults (= factor 1)
 
@@ -28,7 +27,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(convs=(32, 64, 128), pool_every=2, mlp=(512,), dropout=0.0),
     "cifar10": dict(convs=(32, 64, 128), pool_every=2, mlp=(512,), dropout=0.0),
     "cifar100": dict(convs=(64, 128, 256, 512), pool_every=2, mlp=(1024, 512), dropout=0.1),
-    "tinyimagenet": dict(convs=(32, 32, 64, 64, 128), pool_every=2, mlp=(2048, 1024, 512), dropout=0.2),
     # offline 8×8×1 digits: one pool → 4×4×32 = 512 features → 128 → classes
     "digits": dict(convs=(16, 32), pool_every=2, mlp=(128,), dropout=0.0),
     # for tests: works on any H, W ≥ 2
@@ -84,22 +82,6 @@ class CNN(nn.Module):
             bias_init=I.torch_default_bias(layer_fan_in),
             dtype=self.dtype, param_dtype=jnp.float32, name=name,
         )
-
-    def weight_layers(self, input_shape: tuple[int, int, int]) -> tuple[WeightLayer, ...]:
-        """Every conv and Linear in network order; all are in the paper's norms (PROTOCOL §5.1)."""
-        hw = tuple(input_shape[:2])
-        layers = []
-        for i in range(len(self.convs)):
-            layers.append(WeightLayer(
-                name=f"conv{i}", kind="conv", path=(f"conv{i}", "kernel"),
-                stride=(1, 1), padding=_SAME, input_hw=hw,
-            ))
-            if (i + 1) % self.pool_every == 0:
-                hw = conv_output_hw(hw, 2, 2, ((0, 0), (0, 0)))
-        for j in range(len(self.mlp)):
-            layers.append(WeightLayer(name=f"fc{j}", kind="dense", path=(f"fc{j}", "kernel")))
-        layers.append(WeightLayer(name="head", kind="dense", path=("head", "kernel")))
-        return tuple(layers)
 
 
 def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:

@@ -122,4 +122,3 @@ def scaled(init: Initializer, factor: float) -> Initializer:
 
 
 zeros: Initializer = jax.nn.initializers.zeros
-ones: Initializer = jax.nn.initializers.ones

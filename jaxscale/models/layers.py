@@ -1,7 +1,10 @@
-"""What a model declares about its weights, for the norms module.
+"""A network's weight layers, found by tracing its Flax module once, for the norms module.
 
-A model exposes an ordered tuple of :class:`WeightLayer` (network order, input to output). The norms
-module turns that list into every complexity measure without knowing the architecture.
+:func:`trace_layers` runs the module's ``init`` abstractly (``jax.eval_shape``, no FLOPs) with every
+``nn.Dense`` / ``nn.Conv`` call intercepted, and returns them as an ordered tuple of
+:class:`WeightLayer` (call order = network order, input to output) with each conv's actual input
+geometry, stride and padding. The norms module turns that tuple into every complexity measure
+without knowing the architecture, so no model restates its own.
 
 Layout conventions (PROTOCOL.md): norm formulas use PyTorch's ``(fan_out, fan_in)`` matrix layout. Flax
 stores a Dense kernel as ``(in, out)`` and a Conv kernel as ``(kh, kw, in, out)``;
@@ -14,7 +17,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Optional
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax import lax
+
+from jaxscale.errors import UsageError
+from jaxscale.models.conv import Conv2D
 
 LayerKind = Literal["dense", "conv"]
 
@@ -34,7 +43,8 @@ class WeightLayer:
       input_hw: conv only; spatial shape ``(H, W)`` of this layer's input feature map (for the true
         operator norm of the convolution in the ``bartlett`` convention).
       in_paper: whether the official code's norm functions include this layer (PROTOCOL §5; e.g. the
-        ResNet code only sees the stem conv and the fc layer).
+        ResNet code only sees the stem conv and the fc layer; set by the family rule in
+        :mod:`jaxscale.models.registry`).
     """
 
     name: str
@@ -63,3 +73,70 @@ class WeightLayer:
             return w.T
         kh, kw, cin, cout = w.shape
         return jnp.transpose(w, (3, 2, 0, 1)).reshape(cout, cin * kh * kw)
+
+
+def _conv_layer(m: nn.Module, name: str, x_shape: tuple) -> WeightLayer:
+    """A :class:`WeightLayer` for a 2-D ``nn.Conv`` / ``Conv2D`` call on an ``[..., H, W, C]`` input."""
+    hw = tuple(x_shape[-3:-1])
+    ksize = tuple(m.kernel_size) if not isinstance(m.kernel_size, int) else (m.kernel_size,) * 2
+    if isinstance(m, Conv2D):
+        return WeightLayer(name, "conv", m.path + ("kernel",), stride=tuple(m.strides),
+                           padding=tuple(map(tuple, m.padding)), input_hw=hw)
+    plain = all(getattr(m, a) in (None, 1, (1, 1)) for a in
+                ("input_dilation", "kernel_dilation", "feature_group_count"))
+    if len(ksize) != 2 or not plain or m.padding in ("CIRCULAR", "CAUSAL", "REFLECT"):
+        raise UsageError(
+            f"conv layer {name!r} is not a plain 2-D convolution (kernel {ksize}, padding "
+            f"{m.padding!r}, dilation or groups), which the norms do not measure; use a 2-D nn.Conv "
+            "with zero padding, no dilation and one group"
+        )
+    stride = (1, 1) if m.strides is None else (
+        (m.strides,) * 2 if isinstance(m.strides, int) else tuple(m.strides))
+    pad = nn.linear.canonicalize_padding(m.padding, 2)
+    if isinstance(pad, str):
+        pad = lax.padtype_to_pads(hw, ksize, stride, pad)
+    return WeightLayer(name, "conv", m.path + ("kernel",), stride=stride,
+                       padding=tuple(tuple(int(v) for v in p) for p in pad), input_hw=hw)
+
+
+def trace(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[WeightLayer, ...], Any, bool]:
+    """``(layers, variables, dropout)`` of ``module.init(key, *args, **kwargs)``, traced abstractly.
+
+    ``layers``: every ``nn.Dense`` and 2-D ``nn.Conv`` call in call order, named by module path
+    (``"block0/attn/in_proj"``); ``variables``: the init's ``jax.ShapeDtypeStruct`` pytree;
+    ``dropout``: whether an ``nn.Dropout`` with a positive rate is called.
+    """
+    layers, dropout = [], []
+
+    def record(next_fun, call_args, call_kwargs, context):
+        m = context.module
+        if context.method_name == "__call__":
+            name = "/".join(m.path)
+            if isinstance(m, nn.Dense):
+                layers.append(WeightLayer(name, "dense", m.path + ("kernel",)))
+            elif isinstance(m, (nn.Conv, Conv2D)):
+                layers.append(_conv_layer(m, name, call_args[0].shape))
+            elif isinstance(m, nn.Dropout) and m.rate > 0:
+                dropout.append(name)
+        return next_fun(*call_args, **call_kwargs)
+
+    with nn.intercept_methods(record):
+        variables = jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, **kwargs), *args)
+    return tuple(layers), variables, bool(dropout)
+
+
+def trace_layers(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[WeightLayer, ...]:
+    """The weight layers of any Flax module, for :class:`jaxscale.norms.Norms`.
+
+    Args:
+      module: the (unbound) Flax linen module.
+      *args, **kwargs: an example call, as for ``module.init(key, *args, **kwargs)`` (only shapes
+        and dtypes are used: nothing is computed).
+
+    Returns:
+      Every ``nn.Dense`` and 2-D ``nn.Conv`` (or :class:`jaxscale.models.conv.Conv2D`) call in call
+      order, each with its kernel path in ``params``, and for convs the input ``(H, W)``, stride and
+      explicit padding it was called with. A module applied several times (shared weights) appears
+      once per call, under the same name: give such layers distinct names before measuring.
+    """
+    return trace(module, *args, **kwargs)[0]

@@ -8,6 +8,7 @@ protocol's 16 876 106 parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -18,12 +19,13 @@ import numpy as np
 from jaxscale.models import cnn, resnet, vit
 from jaxscale.models.common import require
 from jaxscale.models.conv import CONV_IMPLS, resolve_conv_impl
+from jaxscale.models.layers import WeightLayer, trace
 from jaxscale.models.spec import ModelSpec
 
 _FAMILY_MODULES = {"cnn": cnn, "resnet": resnet, "vit": vit}
 FAMILIES: tuple[str, ...] = tuple(_FAMILY_MODULES)
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {f: m.PRESETS for f, m in _FAMILY_MODULES.items()}
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("float32", "bfloat16")
 
 
 def _coerce(family: str, key: str, value: Any, reference: Any) -> Any:
@@ -75,12 +77,12 @@ def build_model(
 
     Args:
       family: ``"cnn" | "resnet" | "vit"``.
-      preset: ``"mnist" | "cifar10" | "cifar100" | "tinyimagenet" | "digits" | "tiny"``.
+      preset: ``"mnist" | "cifar10" | "cifar100" | "digits" | "tiny"``.
       input_shape: ``(H, W, C)`` of one (normalised, NHWC) image, from the dataset.
       num_classes: number of classes, from the dataset.
       init_factor: multiplies the protocol's selected weights after init (PROTOCOL §2.4).
       init: ``"head"`` (every family) or ``"old"`` (ViT only: the ViT-MNIST runs' init).
-      dtype: compute dtype of activations/matmuls (``float32``, ``bfloat16``, ``float16``); params
+      dtype: compute dtype of activations/matmuls (``float32`` or ``bfloat16``); params
         are always float32 and logits are returned as float32.
       conv_impl: ``"xla"``, ``"patches"`` or ``"auto"`` (patches on CPU, xla elsewhere): how
         convolutions are computed (same function and parameters; see :mod:`jaxscale.models.conv`).
@@ -121,26 +123,54 @@ def build_model(
     conv_impl = resolve_conv_impl(conv_impl)
     module = fam.build(hyper, int(num_classes), float(init_factor), init, jnp.dtype(dtype_name), conv_impl)
 
+    # train=False: BatchNorm creates its running statistics, dropout needs no rng.
+    dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    layers, variables, dropout = trace(module, dummy, train=False)
+
     @jax.jit  # one compiled program instead of hundreds of eagerly dispatched ops (seconds on CPU)
     def init_fn(key: jax.Array) -> dict:
-        # train=False: BatchNorm creates its running statistics, dropout needs no rng.
-        dummy = jnp.zeros((1, *input_shape), jnp.float32)
-        return dict(module.init({"params": key}, dummy, train=False))
+        return dict(module.init({"params": key}, jnp.zeros(dummy.shape, dummy.dtype), train=False))
 
     return ModelSpec(
         family=family,
         module=module,
         input_shape=input_shape,
         num_classes=int(num_classes),
-        layers=module.weight_layers(input_shape),
-        has_batch_stats=family == "resnet",
-        has_dropout=hyper.get("dropout", 0.0) > 0,  # only the CNN has dropout layers (ViT/ResNet p = 0)
+        layers=paper_rule(family, layers, variables["params"]),
+        has_batch_stats="batch_stats" in variables,
+        has_dropout=dropout,
         init_fn=init_fn,
         hyper=dict(
             family=family, preset=preset, **hyper, init=init, init_factor=float(init_factor),
             dtype=dtype_name, input_shape=input_shape, num_classes=int(num_classes), conv_impl=conv_impl,
         ),
     )
+
+
+def paper_rule(family: str, layers: tuple[WeightLayer, ...], params: Any) -> tuple[WeightLayer, ...]:
+    """The family's weight layers as the paper's norm code sees them (PROTOCOL §5), from the traced ones.
+
+    * ViT: the stacked ``(D, 3D)`` in-projection is three matrices Q, K, V (``out_slice``) and the
+      out-projection is named ``o``, as the official code lists them;
+    * ResNet: only the stem conv and the fc are ``in_paper`` (the official code never reaches the
+      convs inside the BasicBlocks); the ``bartlett`` convention still uses every layer;
+    * CNN: every layer, as traced.
+
+    ``params``: the params (or their shapes), for the in-projection's width.
+    """
+    out = []
+    for i, layer in enumerate(layers):
+        base, _, leaf = layer.name.rpartition("/")
+        if family == "vit" and leaf == "in_proj":
+            d = layer.kernel(params).shape[-1] // 3
+            out += [dataclasses.replace(layer, name=f"{base}/{qkv}", out_slice=(j * d, (j + 1) * d))
+                    for j, qkv in enumerate("qkv")]
+        elif family == "vit" and leaf == "out_proj":
+            out.append(dataclasses.replace(layer, name=f"{base}/o"))
+        else:
+            out.append(dataclasses.replace(
+                layer, in_paper=family != "resnet" or i in (0, len(layers) - 1)))
+    return tuple(out)
 
 
 def param_count(params: Any) -> int:

@@ -13,7 +13,6 @@ Init (§2.4): every conv ~ N(0, 2/(C_out·k·k)) × init factor; fc weight ~ N(0
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -21,8 +20,7 @@ import jax.numpy as jnp
 
 from jaxscale.models import init as I
 from jaxscale.models.conv import Conv2D
-from jaxscale.models.common import conv_output_hw, require
-from jaxscale.models.layers import WeightLayer
+from jaxscale.models.common import require
 
 INITS = ("head",)  # the pre-init-factor scripts used the same init (= factor 1)
 
@@ -33,7 +31,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(widths=(16, 32, 64, 128), blocks=(2, 2, 2, 2)),
     "cifar10": dict(widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2)),  # ResNet-18 layout
     "cifar100": dict(widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3)),  # ResNet-34 layout
-    "tinyimagenet": dict(widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3)),
     "digits": dict(widths=(8, 16, 32, 64), blocks=(1, 1, 1, 1)),
     "tiny": dict(widths=(4, 4, 8, 8), blocks=(1, 1, 1, 1)),
 }
@@ -121,33 +118,6 @@ class ResNet(nn.Module):
             dtype=self.dtype, param_dtype=jnp.float32, name="fc",
         )(x)
         return x.astype(jnp.float32)
-
-    def weight_layers(self, input_shape: tuple[int, int, int]) -> tuple[WeightLayer, ...]:
-        """Every conv and the fc, in network order; within a block: conv1, conv2, then shortcut_conv.
-
-        Only the stem conv and the fc are ``in_paper`` (PROTOCOL §5.2: the official norm code never
-        reaches the convs inside the BasicBlocks).
-        """
-        conv = functools.partial(WeightLayer, kind="conv", in_paper=False)
-        hw = tuple(input_shape[:2])
-        layers = [conv(name="stem_conv", path=("stem_conv", "kernel"), padding=_PAD3,
-                       input_hw=hw, in_paper=True)]
-        c_in = self.widths[0]
-        for s, (width, n) in enumerate(zip(self.widths, self.blocks)):
-            for b in range(n):
-                blk = f"stage{s}_block{b}"
-                st = _stage_stride(s) if b == 0 else 1
-                out_hw = conv_output_hw(hw, 3, st, _PAD3)
-                layers.append(conv(name=f"{blk}/conv1", path=(blk, "conv1", "kernel"),
-                                   stride=(st, st), padding=_PAD3, input_hw=hw))
-                layers.append(conv(name=f"{blk}/conv2", path=(blk, "conv2", "kernel"),
-                                   padding=_PAD3, input_hw=out_hw))
-                if st != 1 or c_in != width:
-                    layers.append(conv(name=f"{blk}/shortcut_conv", path=(blk, "shortcut_conv", "kernel"),
-                                       stride=(st, st), padding=_PAD1, input_hw=hw))
-                hw, c_in = out_hw, width
-        layers.append(WeightLayer(name="fc", kind="dense", path=("fc", "kernel")))
-        return tuple(layers)
 
 
 def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:

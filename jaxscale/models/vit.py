@@ -28,7 +28,6 @@ import jax.numpy as jnp
 from jaxscale.models import init as I
 from jaxscale.models.conv import Conv2D
 from jaxscale.models.common import require
-from jaxscale.models.layers import WeightLayer
 
 INITS = ("head", "old")
 
@@ -36,7 +35,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(patch=7, dim=128, depth=4, heads=4, mlp_dim=512),
     "cifar10": dict(patch=4, dim=192, depth=6, heads=3, mlp_dim=768),
     "cifar100": dict(patch=4, dim=256, depth=6, heads=4, mlp_dim=1024),
-    "tinyimagenet": dict(patch=4, dim=384, depth=6, heads=6, mlp_dim=1536),
     "digits": dict(patch=2, dim=32, depth=2, heads=2, mlp_dim=64),  # 8×8 → 16 tokens (+cls)
     "tiny": dict(patch=1, dim=8, depth=1, heads=2, mlp_dim=16),  # patch 1: any H, W
 }
@@ -136,25 +134,6 @@ class ViT(nn.Module):
         x = _layer_norm(self.dtype, "ln_f")(x)[:, 0]
         x = _linear(self.num_classes, linear_init, self.dtype, "head")(x)
         return x.astype(jnp.float32)
-
-    def weight_layers(self, input_shape: tuple[int, int, int]) -> tuple[WeightLayer, ...]:
-        """Patch conv; per block Q, K, V (slices of the in-projection), O, fc1, fc2; head. All ``in_paper``."""
-        d = self.dim
-        layers = [WeightLayer(
-            name="patch_embed", kind="conv", path=("patch_embed", "kernel"),
-            stride=(self.patch, self.patch), input_hw=tuple(input_shape[:2]),
-        )]
-        for i in range(self.depth):
-            blk = f"block{i}"
-            in_proj = (blk, "attn", "in_proj", "kernel")
-            for j, qkv in enumerate("qkv"):
-                layers.append(WeightLayer(name=f"{blk}/attn/{qkv}", kind="dense", path=in_proj,
-                                          out_slice=(j * d, (j + 1) * d)))
-            layers.append(WeightLayer(name=f"{blk}/attn/o", kind="dense", path=(blk, "attn", "out_proj", "kernel")))
-            layers.append(WeightLayer(name=f"{blk}/fc1", kind="dense", path=(blk, "fc1", "kernel")))
-            layers.append(WeightLayer(name=f"{blk}/fc2", kind="dense", path=(blk, "fc2", "kernel")))
-        layers.append(WeightLayer(name="head", kind="dense", path=("head", "kernel")))
-        return tuple(layers)
 
 
 def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:

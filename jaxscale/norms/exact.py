@@ -1,12 +1,12 @@
 """Reference norms: full SVDs (the official approach) instead of power iteration.
 
-:func:`exact_norms` is the test reference for :func:`jaxscale.norms.compute_norms` and, in the
-``paper`` convention, *is* the official code's approach (a full singular-value decomposition of
-every flattened weight matrix, ``torch.linalg.svdvals`` there, ``jnp.linalg.svd(...,
-compute_uv=False)`` here), so it doubles as the "official approach" timing in ``jaxscale bench
-norms``. It is a pure jnp function: jit it with ``family``, ``layers``, ``convention`` static to
-run it on the same device as training. Precision follows the params dtype (enable ``jax_enable_x64``
-and pass float64 params for a float64 reference, as the official ViT code does).
+:func:`exact_norms` is the test reference for :class:`jaxscale.norms.Norms` and, in the ``paper``
+convention, *is* the official code's approach (a full singular-value decomposition of every
+flattened weight matrix, ``torch.linalg.svdvals`` there, ``jnp.linalg.svd(..., compute_uv=False)``
+here), so it doubles as the "official approach" timing in ``jaxscale bench norms``. It is a pure
+jnp function of the params (the ``Norms`` settings are static): jit it to run it on the same device
+as training. Precision follows the params dtype (enable ``jax_enable_x64`` and pass float64 params
+for a float64 reference, as the official ViT code does).
 
 How σ is obtained:
   * ``paper`` (every family), and dense layers under ``bartlett``: the largest singular value of
@@ -25,17 +25,15 @@ How σ is obtained:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
 from jaxscale.models.layers import WeightLayer
 from jaxscale.norms.measures import assemble, conv_tap_masks, layer_stats
-from jaxscale.norms.power import conv_apply, conv_operator, lanczos_top
-from jaxscale.norms.state import check_family, get_kernel, layers_for
-
-__all__ = ["exact_norms", "exact_sigmas", "conv_operator_matrix"]
+from jaxscale.norms.power import conv_operator, lanczos_top
+from jaxscale.norms.transform import Norms
 
 
 def conv_operator_matrix(
@@ -57,7 +55,8 @@ def conv_operator_matrix(
     """
     h, w = input_hw
     x0 = jnp.zeros((h, w, kernel.shape[2]), kernel.dtype)
-    jac = jax.jacfwd(lambda x: conv_apply(kernel, x, stride, padding))(x0)
+    apply, _ = conv_operator(kernel, x0.shape, stride, padding)
+    jac = jax.jacfwd(apply)(x0)
     n_out = jac.shape[0] * jac.shape[1] * jac.shape[2]
     return jac.reshape(n_out, h * w * kernel.shape[2])
 
@@ -81,68 +80,38 @@ def _conv_operator_sigma(
     kh, kw, cin, cout = kernel.shape
     m_h, m_w = conv_tap_masks(layer.input_hw, (kh, kw), layer.stride, layer.padding)
     h, w = layer.input_hw
-    entries = m_h.shape[0] * m_w.shape[0] * cout * h * w * cin
-    if entries <= dense_limit:
+    if m_h.shape[0] * m_w.shape[0] * cout * h * w * cin <= dense_limit:
         return _sigma_svd(conv_operator_matrix(kernel, layer.input_hw, layer.stride, layer.padding))
-    v0 = jax.random.normal(jax.random.PRNGKey(0), (h, w, cin), kernel.dtype)
-    v0 = v0 / jnp.sqrt(jnp.vdot(v0, v0))
-    apply, apply_t = conv_operator(kernel, v0.shape, layer.stride, layer.padding)
-    sigma, _ = lanczos_top(apply, apply_t, v0, ref_krylov)
-    return sigma
-
-
-def exact_sigmas(
-    layers: Sequence[WeightLayer],
-    params: Mapping[str, Any],
-    *,
-    convention: str = "paper",
-    dense_limit: int = 2**22,
-    ref_krylov: int = 256,
-) -> dict[str, jax.Array]:
-    """``{layer.name: σ}`` for the layers the convention uses (see module docstring for how)."""
-    used = layers_for(layers, convention)
-    out = {}
-    for layer in used:
-        kernel = get_kernel(layer, params)
-        if convention == "bartlett" and layer.kind == "conv":
-            out[layer.name] = _conv_operator_sigma(layer, kernel, dense_limit, ref_krylov)
-        else:
-            out[layer.name] = _sigma_svd(layer.matrix(params))
-    return out
+    v0 = jax.random.normal(jax.random.PRNGKey(0), (1, h, w, cin), kernel.dtype)
+    apply, apply_t = conv_operator(kernel, v0.shape[1:], layer.stride, layer.padding)
+    return lanczos_top(apply, apply_t, v0, ref_krylov)[0]
 
 
 def exact_norms(
-    family: str,
-    layers: Sequence[WeightLayer],
+    norms: Norms,
     params: Mapping[str, Any],
     *,
-    convention: str = "paper",
     dense_limit: int = 2**22,
     ref_krylov: int = 256,
 ) -> dict[str, jax.Array]:
     """The five measures with σ from full SVDs: the reference (and the official approach).
 
     Args:
-      family: ``"cnn" | "resnet" | "vit"`` (static under jit).
-      layers: the model's declared weight layers (static).
+      norms: the settings (layers, convention, family); its iteration settings are not used.
       params: one seed's ``params`` collection.
-      convention: ``"paper"`` or ``"bartlett"`` (static).
       dense_limit: bartlett convs whose operator matrix has at most this many entries are built
         explicitly and SVD'd; larger ones use ``ref_krylov`` Lanczos steps (static ints).
 
     Returns:
       ``{name: scalar natural log}`` for each of ``NORM_NAMES`` — the same quantities as
-      :func:`jaxscale.norms.compute_norms`, in the params dtype.
+      :meth:`Norms.update` / :meth:`Norms.read`, in the params dtype.
     """
-    check_family(family)
-    used = layers_for(layers, convention)
-    sig = exact_sigmas(
-        layers,
-        params,
-        convention=convention,
-        dense_limit=dense_limit,
-        ref_krylov=ref_krylov,
-    )
-    sigmas = [sig[layer.name] for layer in used]
-    stats = [layer_stats(layer, get_kernel(layer, params), family, convention) for layer in used]
-    return assemble(family, used, params, sigmas, stats, convention)
+    sigmas, stats = [], []
+    for layer in norms.used:
+        kernel = norms._kernel(layer, params)
+        if norms.convention == "bartlett" and layer.kind == "conv":
+            sigmas.append(_conv_operator_sigma(layer, kernel, dense_limit, ref_krylov))
+        else:
+            sigmas.append(_sigma_svd(layer.matrix(params)))
+        stats.append(layer_stats(layer, kernel, norms.family, norms.convention))
+    return assemble(norms.family, norms.used, params, sigmas, stats, norms.convention)

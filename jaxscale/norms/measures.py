@@ -1,10 +1,9 @@
 """The five norm-based complexity measures, in the ``paper`` and ``bartlett`` conventions.
 
-Every function here is pure: jittable with ``family``, ``layers``, ``convention`` and ``n_iter``
-static, and ``jax.vmap``-able over a leading seed axis of ``params`` and ``state``. Results are
-natural logs (``log_<name>`` in ``curves.npz``), computed so that nothing overflows in float32
-(ViT's spectral complexity reaches e^170 ≈ 1e75): products are sums of logs and only bounded
-ratios are exponentiated.
+Every function here is pure: jittable with ``family``, ``layers`` and ``convention`` static, and
+``jax.vmap``-able over a leading seed axis of ``params``. Results are natural logs (``log_<name>``
+in ``curves.npz``), computed so that nothing overflows in float32 (ViT's spectral complexity reaches
+e^170 ≈ 1e75): products are sums of logs and only bounded ratios are exponentiated.
 
 Notation (PROTOCOL.md conventions): ``W`` is a layer's PyTorch-layout ``(fan_out, fan_in)`` matrix
 (a conv kernel flattened to ``(C_out, C_in·kh·kw)``), σ(W) its largest singular value,
@@ -15,17 +14,17 @@ Notation (PROTOCOL.md conventions): ``W`` is a layer's PyTorch-layout ``(fan_out
     c_i = col(W_i) (the last layer's term is 0); spectral_product = Σ ln s_i;
     group_2_1 = ln Σ c_i; frobenius = ½ ln Σ θ² and l1 = ln Σ |θ| over *every leaf of params*
     (biases and BatchNorm γ/β included; running statistics live in ``batch_stats``, excluded).
-    For ResNet the model marks only the stem conv and the fc as in_paper, which makes
+    For ResNet the family rule marks only the stem conv and the fc as in_paper, which makes
     R = σ(W_fc)·col(W_fc) as in the official code.
   * vit: ln R = Σ ln s_i + 1.5·ln(Σ r_i^{2/3} / (s_i^{2/3} + 1e-12) + 1e-12), r_i = row(W_i);
     spectral_product = Σ ln s_i; frobenius = ½ ln(Σ_i ‖W_i‖_F² + 1e-12);
     l1 = ln(Σ_i |W_i|₁ + 1e-12);
-    group_2_1 = ln(Σ_i col(W_i) + 1e-12) — over the declared matrices only (Q, K, V separately via
+    group_2_1 = ln(Σ_i col(W_i) + 1e-12) — over the layer matrices only (Q, K, V separately via
     ``out_slice``).
   * an exactly-zero σ is replaced by 1e-12 (the official guard, which it applies inside R's sum);
     here it is applied to every ln s_i, so an all-zero layer gives ln(1e-12) instead of ln 0 = -inf.
 
-``bartlett`` — Bartlett, Foster & Telgarsky (2017) with M_i = 0, ρ_i = 1, on *every* declared layer
+``bartlett`` — Bartlett, Foster & Telgarsky (2017) with M_i = 0, ρ_i = 1, on *every* weight layer
 (``in_paper`` ignored), each layer being the linear operator ``A_i`` it applies:
   * dense layer: ``A_i = W_i``;
   * conv layer: the convolution on its actual ``[H, W, C_in]`` input (``input_hw``) with its real
@@ -49,48 +48,21 @@ Notation (PROTOCOL.md conventions): ``W`` is a layer's PyTorch-layout ``(fan_out
   Caveat: a dense layer applied to every token (ViT) is taken as ``W`` itself, not as the
   token-batched operator I_N ⊗ W (same σ; its (2,1) norm and L1 would be N× larger, Frobenius²
   too), whereas the patch-embedding conv *is* the operator over all N patches (its (2,1) norm is
-  N× the flattened kernel's row(W)). The layer declaration has no token count to do otherwise.
+  N× the flattened kernel's row(W)). The traced layer has no token count to do otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscale.errors import UsageError
 from jaxscale.models.layers import WeightLayer
-from jaxscale.norms.power import (
-    conv_block_power_iteration,
-    conv_operator,
-    dense_block_power_iteration,
-    dense_operator,
-    lanczos_top_block,
-)
-from jaxscale.norms.state import (
-    CONVENTIONS,
-    FAMILIES,
-    NORM_NAMES,
-    NormState,
-    check_convention,
-    check_family,
-    check_n_iter,
-    check_state,
-    get_kernel,
-    layers_for,
-)
 
-__all__ = [
-    "NORM_NAMES",
-    "CONVENTIONS",
-    "FAMILIES",
-    "compute_norms",
-    "make_norm_fn",
-    "warm_up_norm_state",
-    "conv_tap_masks",
-]
+NORM_NAMES = ("spectral_complexity", "spectral_product", "frobenius", "l1", "group_2_1")
+
 
 # The official code's replacement for an exactly-zero spectral norm.
 _SIGMA_FLOOR = 1e-12
@@ -290,129 +262,3 @@ def assemble(
         "l1": jnp.log(l1),
         "group_2_1": jnp.log(jnp.sum(col)),
     }
-
-
-# --------------------------------------------------------------------------------------------
-# In-graph entry point
-# --------------------------------------------------------------------------------------------
-
-
-def compute_norms(
-    family: str,
-    layers: Sequence[WeightLayer],
-    params: Mapping[str, Any],
-    state: NormState,
-    *,
-    convention: str = "paper",
-    n_iter: int = 1,
-) -> tuple[dict[str, jax.Array], NormState]:
-    """All five measures, σ by ``n_iter`` warm-started block power iterations; the rest exact.
-
-    Args:
-      family: ``"cnn" | "resnet" | "vit"`` (static).
-      layers: the model's ``ModelSpec.layers`` (static: a tuple of frozen dataclasses).
-      params: one seed's ``params`` collection (vmap for ensembles).
-      state: the :class:`NormState` from :func:`init_norm_state` or the previous call.
-      convention: ``"paper"`` or ``"bartlett"`` (static).
-      n_iter: power iterations per call (static int ≥ 1); each applies every layer and its
-        transpose once to the state's ``k`` vectors (one kernel read each way for a dense layer, a
-        batch-``k`` conv for a conv operator), plus a ``k×k`` eigh and a ``k``-row Gram-Schmidt.
-
-    Returns:
-      ``(norms, new_state)``: ``norms[name]`` is a scalar natural log (params dtype, float32
-      normally) for each name in ``NORM_NAMES``; ``new_state`` carries the updated vectors.
-      σ estimates are lower bounds that are exact once the vectors have converged.
-    """
-    check_family(family)
-    check_n_iter(n_iter)
-    used = layers_for(layers, convention)
-    check_state(used, params, state, convention)
-    sigmas, stats, vectors = [], [], {}
-    for layer in used:
-        kernel = get_kernel(layer, params)
-        v = state.vectors[layer.name]
-        if convention == "bartlett" and layer.kind == "conv":
-            sigma, v = conv_block_power_iteration(kernel, v, layer.stride, layer.padding, n_iter)
-        else:
-            sigma, v = dense_block_power_iteration(kernel_as_matrix(kernel), v, n_iter)
-        sigmas.append(sigma)
-        vectors[layer.name] = v
-        stats.append(layer_stats(layer, kernel, family, convention))
-    norms = assemble(family, used, params, sigmas, stats, convention)
-    return norms, NormState(vectors=vectors, convention=convention, block=state.block)
-
-
-def make_norm_fn(
-    family: str,
-    layers: Sequence[WeightLayer],
-    *,
-    convention: str = "paper",
-    n_iter: int = 1,
-) -> Callable[[Any, NormState], tuple[dict[str, jax.Array], NormState]]:
-    """``(params, state) -> (norms, new_state)`` with the static arguments bound.
-
-    Convenient for ``jax.jit(jax.vmap(make_norm_fn(...)))`` over a seed ensemble. Arguments are
-    validated here, eagerly, so configuration errors surface before any tracing.
-    """
-    check_family(family)
-    check_convention(convention)
-    check_n_iter(n_iter)
-    layers = tuple(layers)
-    layers_for(layers, convention)
-
-    def norm_fn(params: Any, state: NormState) -> tuple[dict[str, jax.Array], NormState]:
-        return compute_norms(family, layers, params, state, convention=convention, n_iter=n_iter)
-
-    return norm_fn
-
-
-def warm_up_norm_state(
-    layers: Sequence[WeightLayer],
-    params: Mapping[str, Any],
-    state: NormState,
-    *,
-    convention: str = "paper",
-    krylov_dim: int = 64,
-    conv_krylov_dim: int = 256,
-) -> NormState:
-    """Converge a (fresh or stale) state in one call: Lanczos from the carried vectors.
-
-    Call it once after :func:`jaxscale.norms.init_norm_state` (and optionally at each logged epoch
-    as a refresh) so that in-step ``compute_norms(..., n_iter=1)`` starts from converged vectors.
-    At initialisation the top singular values are nearly degenerate (σ₂/σ₁ ≈ 0.9995 for the CIFAR
-    CNN's 512×32768 layer) and plain power iteration would need thousands of iterations; 64
-    Lanczos steps reach ~1e-7 there. Conv operators (bartlett) have denser spectra near the top
-    (boundary-split ±frequency pairs): on the MNIST CNN's 28×28×32 conv, 64 steps leave 4e-5,
-    128 leave 1.3e-5 and 256 are converged, hence the separate ``conv_krylov_dim``.
-    Cost per layer: ``2·k`` mat-vecs (or convs) and ``k·(n_in + n_out)`` floats of workspace.
-    Pure, jittable (``layers``, ``convention`` and the dimensions static), vmappable over seeds.
-
-    Args:
-      layers: ``ModelSpec.layers``.
-      params: one seed's params.
-      state: the state to refine (row 0 of each block seeds the Krylov space; the result is the
-        top-``k`` Ritz block, so the block size is kept).
-      convention: ``"paper"`` or ``"bartlett"``.
-      krylov_dim: Lanczos steps per dense / flattened-kernel layer (static int ≥ 1).
-      conv_krylov_dim: Lanczos steps per conv operator (bartlett convention; static int ≥ 1).
-
-    Returns:
-      A :class:`NormState` of the same structure (and block size) with the Ritz vectors.
-    """
-    for name, dim in (("krylov_dim", krylov_dim), ("conv_krylov_dim", conv_krylov_dim)):
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise UsageError(f"{name} must be an integer >= 1, got {dim!r}; use e.g. 64")
-    used = layers_for(layers, convention)
-    check_state(used, params, state, convention)
-    vectors = {}
-    for layer in used:
-        kernel = get_kernel(layer, params)
-        v = state.vectors[layer.name]
-        if convention == "bartlett" and layer.kind == "conv":
-            apply, apply_t = conv_operator(kernel, v.shape[1:], layer.stride, layer.padding)
-            k = conv_krylov_dim
-        else:
-            apply, apply_t = dense_operator(kernel_as_matrix(kernel))
-            k = krylov_dim
-        _, vectors[layer.name] = lanczos_top_block(apply, apply_t, v, k)
-    return NormState(vectors=vectors, convention=convention, block=state.block)

@@ -553,8 +553,7 @@ def calibrate(
     keys = {k: jnp.stack([d[k] for d in ks]) for k in ks[0]}
     x, y = jnp.asarray(x_train), jnp.asarray(y_train).astype(jnp.int32)
     out: dict[str, Any] = {}
-    # time steady-state epochs: past the exact (Lanczos) in-step norms of a run's first steps
-    e0 = fns.norms.first_steady_epoch(-(-P // batch_size))
+    e0 = 1
     with precision_context(precision):
         if state is None:
             state = init_states(fns, keys)

@@ -29,7 +29,7 @@ from jaxscale.train import distributed
 from jaxscale.train import step as step_lib
 from jaxscale.train.checkpoint import Checkpoints
 from jaxscale.train.ensemble import init_program, resolve_strategy, seed_map
-from jaxscale.train.norm_tracking import NormTracker
+from jaxscale.norms import Norms
 from jaxscale.train.optim import make_optimizer
 from jaxscale.train.preemption import Interrupted, StopFlag
 from jaxscale.train.schedule import logged_epochs
@@ -68,7 +68,7 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
     from jaxscale.models import build_model
 
     if dataset is None:
-        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+        dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, path=cfg.data.path)
     check_against_dataset(cfg, dataset.n_train)
     dtype = {"fp32": jnp.float32, "tf32": jnp.float32, "bf16": jnp.bfloat16}[cfg.train.precision]
     spec = build_model(
@@ -82,7 +82,7 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
         conv_impl=cfg.model.conv_impl,
         **dict(cfg.model.arch),
     )
-    pre = default_preprocessing(cfg.model.family, cfg.data.dataset)
+    pre = default_preprocessing(cfg.model.family, cfg.data.dataset, dataset)
     mean = cfg.data.mean if cfg.data.mean is not None else pre["mean"]
     std = cfg.data.std if cfg.data.std is not None else pre["std"]
     channels = dataset.input_shape[-1]
@@ -95,16 +95,10 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
     common = dict(pixel_max=dataset.pixel_max, mean=tuple(mean), std=tuple(std))
     prep_train = functools.partial(preprocess, augment=augment, **common)
     prep_eval = functools.partial(preprocess, augment=augment if augment_eval else "none", **common)
-    tracker = NormTracker(
-        family=spec.family,
-        layers=spec.layers,
-        convention=cfg.norms.convention,
-        power_iterations=cfg.norms.power_iterations,
-        every=cfg.norms.every,
-        exact_steps=cfg.norms.exact_steps if cfg.norms.every > 0 else 0,
-    )
+    norms = Norms(spec.layers, cfg.norms.convention, spec.family,
+                  power_iterations=cfg.norms.power_iterations, every=cfg.norms.every)
     fns = step_lib.StepFns(spec=spec, tx=make_optimizer(cfg.train), prep_train=prep_train,
-                           prep_eval=prep_eval, norms=tracker)
+                           prep_eval=prep_eval, norms=norms)
     return Experiment(
         cfg=cfg,
         dataset=dataset,

@@ -11,7 +11,6 @@ from typing import Any
 
 import flax.struct
 import jax
-import jax.numpy as jnp
 
 
 @flax.struct.dataclass
@@ -27,7 +26,8 @@ class TrainState:
         dropout); per-step/per-epoch keys are ``fold_in``s of it, so resuming needs only ``key`` and
         ``step``.
       step: int32 scalar, optimiser steps taken.
-      nonfinite: bool scalar, the loss became NaN/inf at some step (the seed is then frozen).
+      nonfinite: bool scalar, the loss became NaN/inf at some step. The seed is only flagged: NaN
+        then propagates through its own params, and the other seeds are unaffected.
     """
 
     params: Any
@@ -55,7 +55,3 @@ def seed_keys(seed: int) -> dict[str, jax.Array]:
     k = jax.random.PRNGKey(seed)
     data, init, train, norms = jax.random.split(k, 4)
     return {"data": data, "init": init, "train": train, "norms": norms}
-
-
-def zero_step() -> jax.Array:
-    return jnp.zeros((), jnp.int32)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxscale.models.spec import ModelSpec
-from jaxscale.train.norm_tracking import NormTracker
+from jaxscale.norms import NORM_NAMES, Norms
 from jaxscale.train.state import TrainState
 
 # fold_in tags: independent streams derived from a seed's train key
@@ -32,14 +32,15 @@ class StepFns:
       tx: the optax optimiser.
       prep_train: preprocessing of a training batch (to [0,1], augmentation, normalisation).
       prep_eval: preprocessing at evaluation (augments too where the official code does, §9.11).
-      norms: in-graph norm tracker (power-iteration vectors live in ``TrainState.norm_state``).
+      norms: the in-graph norms (their vectors live in ``TrainState.norm_state``); ``norms.every``
+        says which steps update them.
     """
 
     spec: ModelSpec
     tx: optax.GradientTransformation
     prep_train: Preprocess
     prep_eval: Preprocess
-    norms: NormTracker
+    norms: Norms
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -62,6 +63,22 @@ def init_state(fns: StepFns, init_key: jax.Array, train_key: jax.Array, norm_key
     )
 
 
+def norm_steps(every: int, steps: jax.Array) -> jax.Array:
+    """bool ``[n]``: which of these 0-based global step numbers update the norms (every ``every``-th;
+    none when ``every`` is 0). A function of the step number only, so shared by all seeds."""
+    return steps % every == 0 if every > 0 else jnp.zeros(jnp.shape(steps), bool)
+
+
+def _norms_in_step(norms: Norms, params: Any, norm_state: Any, update: Any) -> tuple[dict, Any]:
+    """``norms.update`` on the steps ``update`` selects; NaN values and the state kept on the others."""
+    nan = {k: jnp.full((), jnp.nan, jnp.float32) for k in NORM_NAMES}
+    if update is True or (update is not False and norms.every == 1):  # static: every step
+        return norms.update(params, norm_state)
+    if update is False or norms.every == 0:
+        return nan, norm_state
+    return jax.lax.cond(update, lambda s: norms.update(params, s), lambda s: (nan, s), norm_state)
+
+
 def train_step(
     fns: StepFns, state: TrainState, x: jax.Array, y: jax.Array, update_norms: Any = True
 ) -> tuple[TrainState, dict]:
@@ -71,8 +88,9 @@ def train_step(
       state: this seed's state.
       x: uint8 ``[B, H, W, C]`` raw images (preprocessed here, on device).
       y: int32 ``[B]`` labels.
-      update_norms: whether this step advances the power-iteration vectors; a Python bool or an
-        *unbatched* traced bool (so that under ``vmap`` it stays a real branch, not a select).
+      update_norms: whether this step updates the norms (a Python bool, or a traced bool from
+        :func:`norm_steps`, which must be *unbatched* under ``vmap`` so that it stays a real branch,
+        not a select that computes both sides).
 
     Returns ``(new_state, metrics)`` with metrics ``loss`` (mean cross-entropy of the batch),
     ``error`` (misclassified fraction) and ``log_<norm>`` (natural-log norms of the updated params by
@@ -95,7 +113,7 @@ def train_step(
     batch_stats = new_model_state.get("batch_stats", state.batch_stats)
 
     # In-graph norms of the *updated* params, from the carried power-iteration vectors.
-    log_norms, norm_state = fns.norms.maybe_update(params, state.norm_state, update_norms)
+    log_norms, norm_state = _norms_in_step(fns.norms, params, state.norm_state, update_norms)
 
     # A diverged seed is only flagged: NaN then propagates through its own params and the loop
     # reports NaN for it from that point; seeds are independent, so the others are unaffected.
@@ -141,7 +159,7 @@ def train_epoch(
     idx_full, idx_rem = epoch_batches(key, P, batch_size)
     # Global step numbers are the same for every seed: computed from the unbatched epoch.
     first_step = (epoch - 1) * steps_per_epoch
-    flags = fns.norms.step_flags(first_step + jnp.arange(steps_per_epoch))
+    flags = norm_steps(fns.norms.every, first_step + jnp.arange(steps_per_epoch))
 
     def body(st, inp):
         bidx, flag = inp
