@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxscale.models import init as I
-from jaxscale.models.conv import Conv2D
+from jaxscale.models.conv import PATCH_CHUNK_BYTES, Conv2D
 from jaxscale.models.common import conv_output_hw, max_pool_2x2, require
 from jaxscale.models.layers import WeightLayer
 
@@ -50,6 +50,8 @@ class CNN(nn.Module):
     init_factor: float = 1.0
     dtype: Any = jnp.float32
     conv_impl: str = "xla"  # see jaxscale.models.conv
+    precision: Any = None  # matmul precision (jaxscale.train.precision)
+    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -75,6 +77,7 @@ class CNN(nn.Module):
             kernel_init=I.scaled(I.torch_default_kernel(), self.init_factor),
             bias_init=I.torch_default_bias(layer_fan_in),
             dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl, name=name,
+            precision=self.precision, chunk_bytes=self.conv_chunk_bytes,
         )
 
     def _dense(self, width: int, layer_fan_in: int, name: str) -> nn.Dense:
@@ -82,7 +85,7 @@ class CNN(nn.Module):
             width,
             kernel_init=I.scaled(I.torch_default_kernel(), self.init_factor),
             bias_init=I.torch_default_bias(layer_fan_in),
-            dtype=self.dtype, param_dtype=jnp.float32, name=name,
+            dtype=self.dtype, param_dtype=jnp.float32, name=name, precision=self.precision,
         )
 
     def weight_layers(self, input_shape: tuple[int, int, int]) -> tuple[WeightLayer, ...]:
@@ -113,6 +116,8 @@ def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
     )
 
 
-def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any, conv_impl: str = "xla") -> CNN:
-    """The CNN module for resolved ``hyper`` (``init`` is always ``"head"``: PyTorch defaults)."""
-    return CNN(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **hyper)
+def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any, conv_impl: str = "xla",
+          **settings: Any) -> CNN:
+    """The CNN module for resolved ``hyper`` (``init`` is always ``"head"``: PyTorch defaults);
+    ``settings``: ``precision``, ``conv_chunk_bytes``."""
+    return CNN(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **settings, **hyper)

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxscale.models import cnn, resnet, vit
 from jaxscale.models.common import require
-from jaxscale.models.conv import CONV_IMPLS, resolve_conv_impl
+from jaxscale.models.conv import CONV_IMPLS, PATCH_CHUNK_BYTES, resolve_conv_impl
 from jaxscale.models.spec import ModelSpec
 
 _FAMILY_MODULES = {"cnn": cnn, "resnet": resnet, "vit": vit}
@@ -69,6 +69,8 @@ def build_model(
     init: str = "head",
     dtype: Any = jnp.float32,
     conv_impl: str = "auto",
+    precision: Any = None,
+    conv_chunk_bytes: int = PATCH_CHUNK_BYTES,
     **overrides: Any,
 ) -> ModelSpec:
     """Build a model family with a preset architecture, the protocol's init and init factor.
@@ -84,6 +86,9 @@ def build_model(
         are always float32 and logits are returned as float32.
       conv_impl: ``"xla"``, ``"patches"`` or ``"auto"`` (patches on CPU, xla elsewhere): how
         convolutions are computed (same function and parameters; see :mod:`jaxscale.models.conv`).
+      precision: matmul/convolution precision of the model (a ``jax.lax.Precision``; None = JAX's
+        default; see :mod:`jaxscale.train.precision`).
+      conv_chunk_bytes: patches convolution chunk size (:func:`jaxscale.models.conv.conv2d`).
       **overrides: replace single preset fields, e.g. ``convs=(8, 16)``, ``dropout=0.0``.
 
     Raises:
@@ -119,7 +124,8 @@ def build_model(
 
     require(conv_impl in CONV_IMPLS, f"unknown conv_impl {conv_impl!r}; choose one of {', '.join(CONV_IMPLS)}")
     conv_impl = resolve_conv_impl(conv_impl)
-    module = fam.build(hyper, int(num_classes), float(init_factor), init, jnp.dtype(dtype_name), conv_impl)
+    module = fam.build(hyper, int(num_classes), float(init_factor), init, jnp.dtype(dtype_name), conv_impl,
+                       precision=precision, conv_chunk_bytes=int(conv_chunk_bytes))
 
     @jax.jit  # one compiled program instead of hundreds of eagerly dispatched ops (seconds on CPU)
     def init_fn(key: jax.Array) -> dict:
