@@ -146,7 +146,7 @@ def test_choose_group_fits_the_limit():
 
     assert choose_group("vmap", 10, need, 200).group is None and asked == [None]
     b = choose_group("vmap", 10, need, 165)  # room for 6 seeds: 2 groups of 5, not 6 + 4
-    assert (b.group, b.need_bytes, b.limit_bytes) == (5, 150, 165) and str(b) == "vmap in groups of 5"
+    assert (b.group, b.need_bytes, b.limit_bytes) == (5, 150, 165) and str(b) == "vmap (groups of 5 seeds)"
     assert choose_group("vmap", 10, need, 112).group == 1
     asked.clear()
     b = choose_group("loop", 10, need, 10**9)
@@ -169,7 +169,7 @@ def test_small_memory_limit_gives_smaller_groups_and_the_same_curves(digits):
     assert need > 0 and wide.batching.limit_bytes > need
     narrow = build_experiment(config_from_dict(_raw(seeds=4, memory_limit_gb=(need - 1) / 1e9)), digits)
     assert narrow.batching.group in (1, 2, 3) and narrow.batching.need_bytes < need
-    assert narrow.strategy in ("loop", "vmap in groups of 2", "vmap in groups of 3")
+    assert narrow.strategy in ("loop", "vmap (groups of 2 seeds)", "vmap (groups of 3 seeds)")
     a, _ = run_experiment(wide)
     b, _ = run_experiment(narrow)
     assert np.isfinite(a.values["test_error"]).all()

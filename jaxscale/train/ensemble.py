@@ -194,7 +194,7 @@ class SeedBatching:
             return "vmap"
         if self.kind == "loop":
             return "loop"
-        return f"vmap in groups of {self.group}"
+        return f"vmap (groups of {self.group} seeds)"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

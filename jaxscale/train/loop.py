@@ -57,7 +57,7 @@ class Experiment:
 
     @property
     def strategy(self) -> str:
-        """How each device's seeds run, e.g. ``"loop"``, ``"vmap"``, ``"vmap in groups of 4"``."""
+        """How each device's seeds run, e.g. ``"loop"``, ``"vmap"``, ``"vmap (groups of 4 seeds)"``."""
         return str(self.batching)
 
     @property
