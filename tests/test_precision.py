@@ -13,7 +13,7 @@ import pytest
 from jaxscale.config import config_from_dict
 from jaxscale.data import load_dataset
 from jaxscale.train import build_experiment, run_experiment
-from jaxscale.train.loop import make_programs, stacked_seed_keys
+from jaxscale.train.loop import make_programs
 
 # Tolerances of bf16 vs fp32 curves (same seeds, same data order), at every logged epoch:
 # (measured here: errors 4.3 points at the first logged epoch, on the steep part of the curve;
@@ -104,20 +104,24 @@ def test_bf16_tracks_fp32_curves(curves):
     assert not np.array_equal(a.values["train_loss"], b.values["train_loss"])
 
 
-def test_run_programs_are_traced_in_the_configured_precision():
-    """make_programs (what a run uses) traces every program in train.precision's matmul precision:
-    the model's float32 matmuls say TF32 (HIGH) under tf32, HIGHEST under fp32; the norms always ask
-    for HIGHEST themselves."""
-    ds = load_dataset("digits")
-    found = {}
-    for p in ("fp32", "tf32", "bf16"):
-        exp = build_experiment(config_from_dict(_raw(p)), ds)
-        progs = make_programs(exp)
-        k = stacked_seed_keys([0, 1])
-        st = progs["init"](k["init"], k["train"], k["norms"])
-        sub = progs["subsets"](k["data"], ds.n_train, 256)
-        x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, jnp.int32)
+def test_run_programs_carry_the_configured_precision(curves):
+    """A run's epoch program (make_programs) has the model's matmul precision in it: HIGHEST under
+    fp32, TF32 (HIGH) for a model asking for tf32's precision, neither for bf16's products; the norms
+    always ask for HIGHEST themselves. Traced only, from abstract arrays."""
+    import dataclasses
+
+    def traced(exp):
+        progs = make_programs(exp, exp.layout, exp.batching.group)
+        k = jax.ShapeDtypeStruct((2, 2), jnp.uint32)
+        st = jax.eval_shape(progs["init"], k, k, k)
+        sub = jax.ShapeDtypeStruct((2, 256), jnp.int32)
+        x, y = jnp.asarray(exp.dataset.x_train), jnp.asarray(exp.dataset.y_train, jnp.int32)
         txt = str(jax.make_jaxpr(progs["epoch"])(st, sub, x, y, jnp.int32(1)))
-        found[p] = (len(re.findall(r"HIGH(?!EST)", txt)), txt.count("HIGHEST"))
+        return len(re.findall(r"HIGH(?!EST)", txt)), txt.count("HIGHEST")
+
+    fp32 = curves["fp32_exp"]
+    spec = dataclasses.replace(fp32.spec, module=fp32.spec.module.clone(precision=jax.lax.Precision.HIGH))
+    tf32 = dataclasses.replace(fp32, fns=dataclasses.replace(fp32.fns, spec=spec))
+    found = {"fp32": traced(fp32), "tf32": traced(tf32), "bf16": traced(curves["bf16_exp"])}
     assert found["tf32"][0] > 0 and found["fp32"][0] == 0 and found["bf16"][0] == 0, found
     assert found["fp32"][1] > found["bf16"][1] and found["fp32"][1] > found["tf32"][1], found
