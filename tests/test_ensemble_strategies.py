@@ -18,7 +18,7 @@ from jaxscale.errors import UsageError
 from jaxscale.train import build_experiment, run_experiment
 from jaxscale.train import step as step_lib
 from jaxscale.train.ensemble import batching_kind, choose_group, seed_map
-from jaxscale.train.loop import make_programs, stacked_seed_keys
+from jaxscale.train.loop import build_programs, make_programs, stacked_seed_keys
 
 S = 3
 GROUPS = (None, 1, 2)  # vmap of all seeds, loop, vmapped groups of 2 (+ a remainder group of 1)
@@ -66,7 +66,7 @@ def _data(exp):
 def _two_epochs(exp, start, group):
     states, subsets = _copy(start[0]), start[1]
     x, y = _data(exp)
-    prog = make_programs(exp, exp.layout, group)["epoch"]
+    prog = build_programs(exp, exp.layout, group)["epoch"]
     losses = []
     for e in (1, 2):
         states, m = prog(states, subsets, x, y, np.int32(e))

@@ -13,7 +13,7 @@ import pytest
 from jaxscale.config import config_from_dict
 from jaxscale.data import load_dataset
 from jaxscale.train import build_experiment, run_experiment
-from jaxscale.train.loop import make_programs
+from jaxscale.train.loop import build_programs
 
 # Tolerances of bf16 vs fp32 curves (same seeds, same data order), at every logged epoch:
 # (measured here: errors 4.3 points at the first logged epoch, on the steep part of the curve;
@@ -105,13 +105,13 @@ def test_bf16_tracks_fp32_curves(curves):
 
 
 def test_run_programs_carry_the_configured_precision(curves):
-    """A run's epoch program (make_programs) has the model's matmul precision in it: HIGHEST under
+    """A run's epoch program (build_programs) has the model's matmul precision in it: HIGHEST under
     fp32, TF32 (HIGH) for a model asking for tf32's precision, neither for bf16's products; the norms
     always ask for HIGHEST themselves. Traced only, from abstract arrays."""
     import dataclasses
 
     def traced(exp):
-        progs = make_programs(exp, exp.layout, exp.batching.group)
+        progs = build_programs(exp, exp.layout, exp.batching.group)
         k = jax.ShapeDtypeStruct((2, 2), jnp.uint32)
         st = jax.eval_shape(progs["init"], k, k, k)
         sub = jax.ShapeDtypeStruct((2, 256), jnp.int32)

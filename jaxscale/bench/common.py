@@ -123,12 +123,12 @@ def machine_info() -> dict:
 def epoch_runner(exp, P: int, group="plan"):
     """A zero-argument function running one training epoch of ``exp``'s seeds at size ``P`` with the
     run's programs (``group="plan"``: the run's own seed batching) or those of another ``group``
-    (:func:`jaxscale.train.loop.make_programs`), state carried across calls; returns the epoch's
+    (:func:`jaxscale.train.loop.build_programs`), state carried across calls; returns the epoch's
     metrics."""
-    from jaxscale.train.loop import make_programs, stacked_seed_keys
+    from jaxscale.train.loop import build_programs, make_programs, stacked_seed_keys
 
     ds, layout = exp.dataset, exp.layout
-    progs = make_programs(exp, layout, group)
+    progs = make_programs(exp) if group == "plan" else build_programs(exp, layout, group)
     keys = {k: layout.put_seeded(np.asarray(v)) for k, v in stacked_seed_keys(range(layout.seeds_padded)).items()}
     subs = progs["subsets"](keys["data"], ds.n_train, P)
     x, y = layout.put_replicated(ds.x_train), layout.put_replicated(ds.y_train.astype(np.int32))

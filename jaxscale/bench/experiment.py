@@ -36,14 +36,14 @@ def _measure(exp, layout, group, P: int, n_test: int, repeats: int) -> dict:
     """Seconds of: compile (epoch + eval), init (first time: compile included), one steady-state
     training epoch (median of ``repeats`` after two warm-up rounds), one evaluation over P train +
     ``n_test`` test images (median), for the seeds of ``layout`` batched by ``group``
-    (:func:`jaxscale.train.loop.make_programs`, compiled afresh here); and ``exact_step_extra_s``, the
+    (:func:`jaxscale.train.loop.build_programs`, compiled afresh here); and ``exact_step_extra_s``, the
     extra time of one step of a run's exact start (``norms.exact_steps``: Lanczos in-step norms)
     over a steady step."""
-    from jaxscale.train.loop import make_programs, stacked_seed_keys
+    from jaxscale.train.loop import build_programs, stacked_seed_keys
 
     ds = exp.dataset
     bs = exp.cfg.train.batch_size
-    progs = make_programs(exp, layout, group)
+    progs = build_programs(exp, layout, group)
     keys = {k: layout.put_seeded(np.asarray(v)) for k, v in stacked_seed_keys(range(layout.seeds_padded)).items()}
     x, y = layout.put_replicated(ds.x_train), layout.put_replicated(ds.y_train.astype(np.int32))
     xt, yt = layout.put_replicated(ds.x_test[:n_test]), layout.put_replicated(ds.y_test[:n_test].astype(np.int32))

@@ -113,7 +113,7 @@ def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 512, precis
     ``loop`` and ``vmap``) plus the one a run picks (``ensemble`` = ``parallel.ensemble``). Returns the
     JSON-able result (see the module docstring and ``format_throughput``)."""
     from jaxscale.train import step as step_lib
-    from jaxscale.train.loop import make_programs, stacked_seed_keys
+    from jaxscale.train.loop import build_programs, make_programs, stacked_seed_keys
 
     info = machine_info()
     cfg = bench_config(model, dataset, seeds=seeds, P=P, precision=precision, norms_every=norms_every,
@@ -122,7 +122,7 @@ def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 512, precis
     ds, layout = exp.dataset, exp.layout
     pick = group_name(exp.batching.group)
     names = list(dict.fromkeys([group_name(parse_group(s)) for s in (strategies or ("loop", "vmap"))] + [pick]))
-    progs = {n: make_programs(exp) if n == pick else make_programs(exp, layout, parse_group(n)) for n in names}
+    progs = {n: make_programs(exp) if n == pick else build_programs(exp, layout, parse_group(n)) for n in names}
 
     keys = {k: layout.put_seeded(np.asarray(v)) for k, v in stacked_seed_keys(range(layout.seeds_padded)).items()}
     subs = progs[pick]["subsets"](keys["data"], ds.n_train, P)

@@ -133,22 +133,26 @@ def stacked_seed_keys(seeds) -> dict[str, jax.Array]:
     return {k: jnp.stack([d[k] for d in ks]) for k in ks[0]}
 
 
-def make_programs(exp: Experiment, layout: Optional[Layout] = None, group: Any = "plan") -> dict[str, Any]:
-    """The jitted ensemble functions of a run on ``layout`` (default: the experiment's); every one maps
-    a single-seed function of :mod:`jaxscale.train.step` over seeds and devices.
+def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str, Any]:
+    """The run's jitted ensemble functions on ``layout`` (default: the experiment's), batching seeds
+    as planned: ``exp.programs`` on the experiment's layout (already compiled for the first P), else
+    planned for ``layout`` (:func:`plan_programs`). See :func:`build_programs`."""
+    layout = layout or exp.layout
+    if layout == exp.layout and exp.programs is not None:
+        return exp.programs
+    return plan_programs(exp, layout)[0]
 
-    ``group``: seeds vmapped side by side (:func:`~jaxscale.train.ensemble.seed_map`: None = all, K >= 1
-    = groups of K); ``"plan"`` (default) = the run's own choice: ``exp.programs`` on the experiment's
-    layout, else planned for ``layout`` (:func:`plan_programs`).
+
+def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dict[str, Any]:
+    """The jitted ensemble functions of a run on ``layout`` with ``group`` seeds vmapped side by side
+    (:func:`~jaxscale.train.ensemble.seed_map`: None = all of a device's seeds, K >= 1 = groups of K);
+    every one maps a single-seed function of :mod:`jaxscale.train.step` over seeds and devices.
 
     Per-seed arguments and outputs are global ``[seeds, ...]`` arrays (split over the layout's seed
     groups; the seed count must be a multiple of ``layout.groups``). ``eval``'s metrics and
     ``nonfinite`` come back replicated, so every process can read all seeds. The returned dict also
     holds the ``layout``.
     """
-    layout = layout or exp.layout
-    if group == "plan":
-        return exp.programs if layout == exp.layout and exp.programs is not None else plan_programs(exp, layout)[0]
     fns = data_parallel_fns(exp.fns, DATA, layout.data)
     bs = exp.cfg.train.batch_size
     eval_bs = exp.cfg.data.eval_batch_size
@@ -213,13 +217,13 @@ def plan_programs(exp: Experiment, layout: Layout) -> tuple[dict[str, Any], Seed
     built: dict[Any, dict] = {}
 
     def need(group):
-        progs = built[group] = make_programs(exp, measure_on, group)
+        progs = built[group] = build_programs(exp, measure_on, group)
         return _programs_bytes(exp, progs, measure_on)
 
     kind = batching_kind(cfg.parallel.ensemble, exp.spec.family)
     limit = memory_limit_bytes(list(layout.mesh.devices.flat), cfg.parallel.memory_limit_gb)
     batching = choose_group(kind, layout.per_group, need, limit)
-    programs = built[batching.group] if layout.api == "jit" else make_programs(exp, layout, batching.group)
+    programs = built[batching.group] if layout.api == "jit" else build_programs(exp, layout, batching.group)
     return programs, batching
 
 
