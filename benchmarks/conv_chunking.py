@@ -1,4 +1,4 @@
-"""Patches convolution, whole batch vs chunks of the batch (``jaxscale.models.conv.patch_chunk_bytes``).
+"""Patches convolution, whole batch vs chunks of the batch (the models' ``conv_chunk_bytes``).
 
 Two measurements, each side by side in one run (round-robin, medians), so the ratios survive a noisy
 shared machine:
@@ -7,7 +7,7 @@ shared machine:
    ``lax.scan`` of 4 steps as in a training epoch, for the CIFAR-10 CNN's three layers at batch 128,
    with patches chunks of 0 (whole batch), 1, 3 and 8 MiB;
 2. model: one seed's training epoch (``jaxscale.train.step.train_epoch``, norms every step) of the
-   CIFAR-10 CNN (or ``--model resnet``), traced with whole-batch patches vs the default chunking.
+   CIFAR-10 CNN (or ``--model resnet``), with whole-batch patches vs the default chunking.
 
 Results: benchmarks/RESULTS.md.
 
@@ -27,14 +27,14 @@ def _layer_runner(shape, chunk_bytes, steps=4):
     import jax
     import jax.numpy as jnp
 
-    from jaxscale.models.conv import conv2d, patch_chunk_bytes
+    from jaxscale.models.conv import conv2d
 
     b, h, w, cin, cout = shape
     x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, cin))
     k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, cout)) * 0.1
 
     def loss(k, x):
-        return jnp.sum(jnp.tanh(conv2d(x, k, (1, 1), ((1, 1), (1, 1)), "patches")))
+        return jnp.sum(jnp.tanh(conv2d(x, k, (1, 1), ((1, 1), (1, 1)), "patches", chunk_bytes)))
 
     grad = jax.grad(loss, argnums=(0, 1))
 
@@ -46,23 +46,19 @@ def _layer_runner(shape, chunk_bytes, steps=4):
 
         return jax.lax.scan(body, (k, x), None, length=steps)[0]
 
-    with patch_chunk_bytes(chunk_bytes):
-        compiled = jax.jit(run).lower(k, x).compile()
+    compiled = jax.jit(run).lower(k, x).compile()
     return lambda: compiled(k, x), steps
 
 
 def _model_runner(model, P, chunk_bytes):
+    import dataclasses
+
     from jaxscale.bench.common import bench_config, build_bench_experiment, epoch_runner
-    from jaxscale.models.conv import patch_chunk_bytes
 
     cfg = bench_config(model, "cifar10", seeds=1, P=P, precision="fp32", norms_every=1, conv_impl="patches")
     exp = build_bench_experiment(cfg, "cifar10", n_train=max(P, 2048))
-    with patch_chunk_bytes(chunk_bytes):
-        run = epoch_runner(exp, 1, "loop", P)
-        import jax
-
-        jax.block_until_ready(run())  # traced (and compiled) inside the context
-    return run
+    spec = dataclasses.replace(exp.spec, module=exp.spec.module.clone(conv_chunk_bytes=chunk_bytes))
+    return epoch_runner(dataclasses.replace(exp, fns=dataclasses.replace(exp.fns, spec=spec)), P, group=1)
 
 
 def _round_robin(runners: dict, repeats: int) -> dict:

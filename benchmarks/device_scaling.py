@@ -38,11 +38,11 @@ def worker(args) -> dict:
            "data": {"dataset": args.dataset},
            "train": {"P": [args.P], "seeds": args.seeds, "epochs": 1, "batch_size": args.batch_size},
            "parallel": {"ensemble": args.ensemble}}
-    exp = build_experiment(config_from_dict(raw))
     n = args.n
     par = ParallelConfig(data=1 if args.layout == "seeds" else n, ensemble=args.ensemble)
     layout = plan_layout(par, args.seeds, jax.devices()[:n])
-    progs = make_programs(exp, layout)
+    exp = build_experiment(config_from_dict(raw), layout=layout)  # plans the seed batching on this layout
+    progs = make_programs(exp)
     keys = {k: layout.put_seeded(np.asarray(v))
             for k, v in stacked_seed_keys(np.arange(layout.seeds_padded)).items()}
     ds = exp.dataset

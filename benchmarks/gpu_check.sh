@@ -42,8 +42,8 @@ START=$(date +%s)
 if [ "$SMOKE" = 1 ]; then DEADLINE=${DEADLINE_S:-1200}; else DEADLINE=${DEADLINE_S:-450}; fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-# no preallocation of 75 % of the GPU: the benchmarks size their own memory, and calibration reads
-# the free memory to decide how many seeds fit in one vmapped program
+# no preallocation of 75 % of the GPU: a run sizes its vmapped seed groups from the device's free
+# memory (XLA's memory analysis of its programs against memory_stats)
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 log() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
@@ -69,7 +69,7 @@ fi
 # ---------------------------------------------------------------- sizes
 if [ "$SMOKE" = 1 ]; then
   # every step and option as in the real check, on 8x8 digits with tiny models (CPU-fast)
-  DATA=digits; CNN_SEEDS=2; OTHER_SEEDS=2; P=64; BS=32; REPEATS=1; PRESET="--preset tiny"; CALIB=1
+  DATA=digits; CNN_SEEDS=2; OTHER_SEEDS=2; P=64; BS=32; REPEATS=1; PRESET="--preset tiny"
   EXP_CFG="$WORK/cnn_cifar10_smoke.toml"
   sed -e 's/^preset = .*/preset = "tiny"/' -e 's/^dataset = .*/dataset = "digits"/' -e 's/^P = .*/P = [64, 128]/' \
       -e 's/^seeds = .*/seeds = 2/' -e 's/^epochs = .*/epochs = 3/' -e 's/^batch_size = .*/batch_size = 32/' \
@@ -77,7 +77,7 @@ if [ "$SMOKE" = 1 ]; then
   EXP_ARGS="--P-measure 64"
   NORM_ARGS="--seeds 2 --steps 1 --repeats 1"
 else
-  DATA=cifar10; CNN_SEEDS=32; OTHER_SEEDS=8; P=512; BS=128; REPEATS=3; PRESET=""; CALIB=2
+  DATA=cifar10; CNN_SEEDS=32; OTHER_SEEDS=8; P=512; BS=128; REPEATS=3; PRESET=""
   EXP_CFG="$REPO/configs/cnn_cifar10.toml"
   EXP_ARGS="--P-measure 1024"
   NORM_ARGS="--seeds 32"
@@ -128,11 +128,11 @@ print(json.dumps({"backend": jax.default_backend(), "devices": [str(d) for d in 
                   "python": platform.python_version(), "nvidia_smi": smi, "cpu_count": os.cpu_count()}))
 EOF
 # In order of importance (the deadline skips the tail): the CNN the targets are about, the projection
-# of the full paper experiment, the norm overhead, then ResNet-18 / ViT with vmap imposed (their
-# compilation is slow; calibrating would compile every candidate).
+# of the full paper experiment, the norm overhead, then ResNet-18 / ViT timing only vmap (their
+# compilation is slow).
 for prec in bf16 fp32; do
   run_step "throughput_cnn_$prec" 130 "${JS[@]}" throughput --model cnn --dataset $DATA $PRESET \
-    --seeds $CNN_SEEDS --P $P --batch-size $BS --precision $prec --repeats $REPEATS --calib-steps $CALIB --json
+    --seeds $CNN_SEEDS --P $P --batch-size $BS --precision $prec --repeats $REPEATS --json
 done
 run_step experiment_cnn_cifar10 120 "${JS[@]}" experiment "$EXP_CFG" $EXP_ARGS --json
 run_step norms_cnn 60 "${JS[@]}" norms --model cnn --dataset $DATA $NORM_ARGS --json

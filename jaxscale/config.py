@@ -9,7 +9,7 @@ is optional except ``train.P``. Unknown keys, wrong types and impossible values 
     [data]         dataset, data_dir, path, augment, augment_eval, mean, std, eval_batch_size
     [train]        P, seeds, seed_start, epochs, batch_size, optimizer, lr, weight_decay, log_points
     [norms]        convention, power_iterations, every
-    [parallel]     ensemble (how seeds are batched), seeds_per_device, data, api
+    [parallel]     ensemble (how seeds are batched), seeds_per_device, data, api, memory_limit_gb
     [checkpoint]   every_epochs, every_minutes, keep
 """
 
@@ -100,7 +100,9 @@ class NormsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ParallelConfig:
-    #: how seeds are batched in one program: "vmap", "loop" (lax.map), or "auto"
+    #: how the seeds of a device are batched in one program: "loop" (one seed after another, the
+    #: stacked state updated in place), "vmap" (side by side, in the widest groups that fit in
+    #: memory), or "auto" (loop for CNN/ResNet on CPU, vmap otherwise; see jaxscale.train.ensemble)
     ensemble: str = "auto"
     #: seeds per seed group (device, or group of `data` devices): 0 = spread the seeds evenly over
     #: every device; N > 0 = use ceil(seeds / N) groups of N seeds (the last one padded)
@@ -112,6 +114,10 @@ class ParallelConfig:
     #: "jit" (jax.jit + shard_map over a ("seeds", "data") mesh; multi-host capable) or "pmap"
     #: (jax.pmap over seed groups or data shards, not both; one process only)
     api: str = "jit"
+    #: device memory (GB, 1e9 bytes) the run's programs may use per device; 0 = the device's free
+    #: memory (CPU: the host's available RAM shared by its devices). vmap groups are sized to fit it,
+    #: and a run that cannot fit one seed at a time is refused before it starts
+    memory_limit_gb: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,6 +334,9 @@ def validate(cfg: Config, *, source: str = "config") -> None:
         raise UsageError(f"{source}: parallel.seeds_per_device must be >= 0 (0 = spread evenly), got {p.seeds_per_device}")
     if p.data < 0:
         raise UsageError(f"{source}: parallel.data must be >= 0 (0 = auto, 1 = no data parallelism), got {p.data}")
+    if not (p.memory_limit_gb >= 0 and math.isfinite(p.memory_limit_gb)):
+        raise UsageError(f"{source}: parallel.memory_limit_gb must be a number >= 0 (0 = the device's free memory), "
+                         f"got {p.memory_limit_gb}")
     if c.every_epochs < 0 or not (c.every_minutes >= 0 and math.isfinite(c.every_minutes)):
         raise UsageError(f"{source}: checkpoint.every_epochs and checkpoint.every_minutes must be >= 0 (0 = off)")
 

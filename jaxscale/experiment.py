@@ -126,7 +126,7 @@ def run(cfg: Config, out_dir: str | Path, *, progress: Optional[ProgressFn] = No
                 "num_classes": exp.spec.num_classes,
                 "n_train": exp.dataset.n_train,
                 "n_test": int(exp.dataset.x_test.shape[0]),
-                "ensemble_strategy": exp.strategy,
+                "ensemble_strategy": exp.strategy, "seed_batching": exp.batching.as_dict(),
                 "layout": stats.layout,
                 "logged_epochs": exp.epochs_logged.tolist(),
                 "norms": list(exp.norm_names),

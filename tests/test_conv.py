@@ -82,19 +82,28 @@ def test_chunked_patches_equal_whole_batch_values_grads_and_vmap(shape, k, strid
     assert _images_per_chunk(x, w[:1, :1], (1, 1), ((0, 0), (0, 0)), 1) == shape[0]
 
 
-def test_patch_chunk_bytes_context_sets_the_chunking_at_trace_time():
-    from jaxscale.models.conv import patch_chunk_bytes
+def test_conv_module_fields_set_chunking_and_precision_in_the_traced_program():
+    """``Conv2D.chunk_bytes`` and ``Conv2D.precision`` are module fields: they change the traced
+    program (one image a chunk: a loop; the requested precision on every product, backward included)
+    whatever context the caller traces in, and the chunking leaves the values unchanged."""
+    from jaxscale.models.conv import Conv2D
 
-    x = jnp.ones((8, 8, 8, 3))
-    w = jnp.ones((3, 3, 3, 4))
-    f = lambda x, w: conv2d(x, w, (1, 1), ((1, 1), (1, 1)), "patches").sum()  # noqa: E731
-    traced = lambda: str(jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(x, w))  # noqa: E731
-    assert "scan" not in traced()  # default: 8 small images fit one chunk
-    with patch_chunk_bytes(1):
-        assert "scan" in traced()  # one image a chunk
-        with patch_chunk_bytes(0):
-            assert "scan" not in traced()
-    assert "scan" not in traced()
-    with pytest.raises(ValueError, match=">= 0"):
-        with patch_chunk_bytes(-1):
-            pass
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 3))
+
+    def traced(**fields):
+        conv = Conv2D(4, (3, 3), padding=((1, 1), (1, 1)), impl="patches", **fields)
+        params = conv.init(jax.random.PRNGKey(1), x)
+        loss = lambda p, x: (conv.apply(p, x) ** 2).sum()  # noqa: E731
+        with jax.default_matmul_precision("bfloat16"):  # an ambient setting the fields override
+            jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, x))
+        return jaxpr, jax.grad(loss, argnums=(0, 1))(params, x)
+
+    whole, g_whole = traced(chunk_bytes=0, precision=jax.lax.Precision.HIGHEST)
+    one, g_one = traced(chunk_bytes=1, precision=jax.lax.Precision.HIGHEST)
+    assert "scan" not in whole and "scan" in one  # whole batch vs one image a chunk
+    for jaxpr in (whole, one):
+        products = jaxpr.count("dot_general")
+        assert products >= 3 and jaxpr.count("HIGHEST") >= products, jaxpr
+    for a, b in zip(jax.tree.leaves(g_one), jax.tree.leaves(g_whole)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert "HIGHEST" not in traced(chunk_bytes=0)[0]

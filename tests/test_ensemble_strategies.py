@@ -1,8 +1,10 @@
-"""Ensemble strategies: every strategy maps the same single-seed step and gives the same numbers;
-"auto" calibrates, caches and respects overrides; the sequential strategy runs on a device layout."""
+"""Seed batching: every grouping maps the same single-seed step and gives the same numbers; a run
+picks loop or vmap by the static rule and the vmap group size from XLA's memory analysis against
+the memory limit, and refuses up front what cannot fit one seed at a time."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -15,23 +17,21 @@ from jaxscale.data import load_dataset
 from jaxscale.errors import UsageError
 from jaxscale.train import build_experiment, run_experiment
 from jaxscale.train import step as step_lib
-from jaxscale.train.ensemble import _pick  # noqa: E402  (the tie rule, tested directly)
-from jaxscale.train.ensemble import (EnsembleChoice, StrategyCache, calibrate, calibration_key, choose_strategy,
-                                     ensemble_program, epoch_program, parse_strategy, resolve_strategy, seed_map)
-from jaxscale.train.loop import make_programs, stacked_seed_keys
+from jaxscale.train.ensemble import batching_kind, choose_group, seed_map
+from jaxscale.train.loop import build_programs, make_programs, stacked_seed_keys
 
 S = 3
-STRATEGIES = ("vmap", "loop", "chunk:2", "sequential")
+GROUPS = (None, 1, 2)  # vmap of all seeds, loop, vmapped groups of 2 (+ a remainder group of 1)
 
 
-def _raw(**train):
+def _raw(seeds=S, **parallel):
     return {
         "name": "t",
         "model": {"family": "cnn", "preset": "tiny", "init_factor": 0.5},
         "data": {"dataset": "digits"},
         # P=100 with batch 32: three full batches and a kept partial one of 4
-        "train": {"P": [100], "seeds": S, "epochs": 2, "batch_size": 32, **train},
-        "parallel": {"ensemble": "vmap"},
+        "train": {"P": [100], "seeds": seeds, "epochs": 2, "batch_size": 32, "log_points": 2},
+        "parallel": {"ensemble": "vmap", **parallel},
     }
 
 
@@ -63,20 +63,20 @@ def _data(exp):
     return jnp.asarray(exp.dataset.x_train), jnp.asarray(exp.dataset.y_train.astype(np.int32))
 
 
-def _two_epochs(exp, start, strategy, **kw):
+def _two_epochs(exp, start, group):
     states, subsets = _copy(start[0]), start[1]
     x, y = _data(exp)
-    prog = epoch_program(exp.fns, 32, strategy, S, **kw)
+    prog = build_programs(exp, exp.layout, group)["epoch"]
     losses = []
     for e in (1, 2):
-        states, m = prog(states, subsets, x, y, jnp.int32(e))
+        states, m = prog(states, subsets, x, y, np.int32(e))
         losses.append(np.asarray(m["loss"]))
     return states, np.stack(losses)
 
 
 @pytest.fixture(scope="module")
-def by_strategy(exp, start):
-    return {s: _two_epochs(exp, start, s) for s in STRATEGIES}
+def by_group(exp, start):
+    return {g: _two_epochs(exp, start, g) for g in GROUPS}
 
 
 def _assert_same(a, b):
@@ -88,131 +88,115 @@ def _assert_same(a, b):
         np.testing.assert_allclose(np.asarray(u, np.float64), np.asarray(v, np.float64), rtol=1e-4, atol=1e-5)
 
 
-def test_parse_strategy_and_errors():
-    assert str(parse_strategy("chunk:4")) == "chunk:4" and parse_strategy("chunk:4").chunk == 4
-    assert parse_strategy("sequential").in_program is False and parse_strategy("vmap").in_program
-    for bad in ("chunk:0", "chunk:x", "pmap", "", "auto"):
-        with pytest.raises(UsageError, match="parallel.ensemble"):
-            parse_strategy(bad)
-    assert resolve_strategy("auto", "cnn", backend="cpu") == "loop"
-    assert resolve_strategy("auto", "vit", backend="gpu") == "vmap"
-    assert resolve_strategy("chunk:2", "cnn") == "chunk:2"
-    with pytest.raises(ValueError, match="host-side"):
-        seed_map(lambda a: a, "sequential", (0,))
+@pytest.mark.parametrize("group", GROUPS[1:])
+def test_groupings_give_the_same_numbers(by_group, group):
+    _assert_same(by_group[group], by_group[None])
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES[1:])
-def test_strategies_give_the_same_numbers(by_strategy, strategy):
-    _assert_same(by_strategy[strategy], by_strategy["vmap"])
-
-
-def test_ensemble_equals_the_unbatched_single_seed_step(exp, start, by_strategy):
+def test_ensemble_equals_the_unbatched_single_seed_step(exp, start, by_group):
     """Seed 1 of the ensemble = the single-seed train_epoch run alone (no seed axis at all)."""
     one = jax.tree.map(lambda a: a[1], _copy(start[0]))
     x, y = _data(exp)
     f = jax.jit(functools.partial(step_lib.train_epoch, exp.fns, 32))
     for e in (1, 2):
         one, m = f(one, start[1][1], x, y, jnp.int32(e))
-    ens_states, ens_loss = by_strategy["sequential"]
+    ens_states, ens_loss = by_group[1]
     np.testing.assert_allclose(float(m["loss"]), ens_loss[1, 1], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(ens_states.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b[1]), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "loop", "chunk:2", "chunk:3", "chunk:4", "chunk:8"])
-def test_inplace_output_and_caller_buffer_kept(strategy):
-    """Generic contract of in-place outputs (host loop, ``fori_loop`` over seeds or over groups of
-    K with a remainder group): an in-place output at another position, a shared argument, and an
-    input the caller did not donate stays valid and unchanged."""
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 8])
+def test_inplace_output_and_shared_argument(group):
+    """Generic contract of in-place outputs (a ``fori_loop`` over seeds or over groups of K with a
+    remainder group): an in-place output at another position and a shared argument give vmap's
+    values; an input the caller did not donate stays unchanged."""
 
     def fn(state, shared):
         new = {"w": state["w"] * 2.0 + shared, "n": state["n"] + 1}
         return {"sum": new["w"].sum()}, new
 
-    st = {"w": jnp.arange(12.0).reshape(4, 3), "n": jnp.arange(4, dtype=jnp.int32)}
+    st = {"w": jnp.arange(15.0).reshape(5, 3), "n": jnp.arange(5, dtype=jnp.int32)}
     shared = jnp.float32(0.5)
     ref = jax.vmap(fn, in_axes=(0, None))(st, shared)
-    prog = ensemble_program(fn, strategy, (0, None), n_seeds=4, inplace={1: 0})
-    out = prog(st, shared)
+    out = jax.jit(seed_map(fn, (0, None), group, inplace={1: 0}))(st, shared)
     np.testing.assert_allclose(out[0]["sum"], ref[0]["sum"])
     np.testing.assert_allclose(out[1]["w"], ref[1]["w"])
     np.testing.assert_array_equal(out[1]["n"], ref[1]["n"])
-    np.testing.assert_array_equal(st["n"], np.arange(4))  # not donated by the caller: untouched
+    np.testing.assert_array_equal(st["n"], np.arange(5))  # not donated by the caller: untouched
+    with pytest.raises(ValueError, match="per-seed"):
+        seed_map(fn, (0, None), group, inplace={1: 1})
 
 
-def test_sequential_on_a_device_layout(exp, start, by_strategy):
-    """The sequential block program compiled by the experiment's ``distribute`` (shard_map over the
-    seed mesh) matches vmap: this is how make_programs uses it."""
-    from jaxscale.train.sharding import distribute, single_device_layout
-
-    layout = single_device_layout(S)
-    comp = lambda f, ax, d: distribute(f, layout, ax, donate_argnums=d)  # noqa: E731
-    _assert_same(_two_epochs(exp, start, "sequential", compile=comp), by_strategy["vmap"])
+def test_static_rule():
+    assert batching_kind("auto", "cnn", "cpu") == batching_kind("auto", "resnet", "cpu") == "loop"
+    assert batching_kind("auto", "vit", "cpu") == "vmap"
+    assert {batching_kind("auto", f, "gpu") for f in ("cnn", "resnet", "vit")} == {"vmap"}
+    assert batching_kind("vmap", "cnn", "cpu") == "vmap" and batching_kind("loop", "vit", "gpu") == "loop"
 
 
-@pytest.mark.slow
-def test_curves_through_the_experiment_loop(digits):
-    """A whole run (training with a kept partial batch, logged evaluation, norms) gives the same curves
-    with the sequential epoch program as with vmap: the loop only sees stacked states."""
-    exp = build_experiment(config_from_dict(_raw()), digits)
-    ref, _ = run_experiment(exp)
-    progs = make_programs(exp)
-    progs["epoch"] = epoch_program(exp.fns, 32, "sequential", S)
-    curves, _ = run_experiment(exp, programs=progs)
-    for k, v in ref.values.items():
-        np.testing.assert_allclose(curves.values[k], v, rtol=2e-4, atol=2e-5, err_msg=k)
+def test_choose_group_fits_the_limit():
+    """With a need of 100 + 10 per vmapped seed: the widest group that fits, balanced over the groups;
+    loop only ever asks about one seed; one seed over the limit is a UsageError naming both sizes."""
+    asked = []
+
+    def need(group):
+        asked.append(group)
+        return 100 + 10 * (10 if group is None else group)
+
+    assert choose_group("vmap", 10, need, 200).group is None and asked == [None]
+    b = choose_group("vmap", 10, need, 165)  # room for 6 seeds: 2 groups of 5, not 6 + 4
+    assert (b.group, b.need_bytes, b.limit_bytes) == (5, 150, 165) and str(b) == "vmap (groups of 5 seeds)"
+    assert choose_group("vmap", 10, need, 112).group == 1
+    asked.clear()
+    b = choose_group("loop", 10, need, 10**9)
+    assert (b.group, str(b), asked) == (1, "loop", [1])
+    assert choose_group("vmap", 10, lambda g: None, 1).group is None  # no memory analysis: unchecked
+    with pytest.raises(UsageError, match=r"1\.1e-07 GB .* 1e-07 GB available"):
+        choose_group("vmap", 10, need, 100)
+    # a need far from the straight line (groups of 3 to 7 do not fit): the group halves until it fits
+    jumpy = {None: 180, 1: 110, 2: 120, 3: 130}
+    assert choose_group("vmap", 8, lambda g: jumpy.get(g, 1000), 165).group == 2
 
 
-def test_choose_strategy_rules(exp):
-    x, y = exp.dataset.x_train, exp.dataset.y_train
-    c = choose_strategy("chunk:2", exp.fns, 32, S, x, y)
-    assert (c.strategy, c.reason) == ("chunk:2", "requested")
-    assert choose_strategy("auto", exp.fns, 32, 1, x, y).strategy == "vmap"
-    small = choose_strategy("auto", exp.fns, 32, S, x, y, total_images=1000)
-    assert small.strategy == resolve_strategy("auto", "cnn") and small.reason.startswith("static default")
-    with pytest.raises(UsageError):
-        choose_strategy("fastest", exp.fns, 32, S, x, y)
+def test_small_memory_limit_gives_smaller_groups_and_the_same_curves(digits):
+    """The run's own choice: all 4 seeds vmapped without a limit; under a limit just below that
+    need, smaller groups (the layout line and manifest say so) and the same curves; under a limit
+    below one seed's need, a UsageError before anything runs."""
+    wide = build_experiment(config_from_dict(_raw(seeds=4)), digits)
+    assert wide.batching.group is None and wide.strategy == "vmap"
+    need = wide.batching.need_bytes
+    assert need > 0 and wide.batching.limit_bytes > need
+    narrow = build_experiment(config_from_dict(_raw(seeds=4, memory_limit_gb=(need - 1) / 1e9)), digits)
+    assert narrow.batching.group in (1, 2, 3) and narrow.batching.need_bytes < need
+    assert narrow.strategy in ("loop", "vmap (groups of 2 seeds)", "vmap (groups of 3 seeds)")
+    a, _ = run_experiment(wide)
+    b, _ = run_experiment(narrow)
+    assert np.isfinite(a.values["test_error"]).all()
+    for k, v in a.values.items():
+        np.testing.assert_allclose(b.values[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    with pytest.raises(UsageError, match="even one seed at a time"):
+        build_experiment(config_from_dict(_raw(seeds=4, memory_limit_gb=1e-6)), digits)
 
 
-def test_auto_calibrates_then_caches(exp, start):
-    x, y = exp.dataset.x_train, exp.dataset.y_train
-    cache = StrategyCache()
-    cands = ("sequential", "vmap")
-    first = choose_strategy("auto", exp.fns, 32, S, x, y, candidates=cands, cache=cache, repeats=1,
-                            state=_copy(start[0]))
-    assert isinstance(first, EnsembleChoice) and first.reason == "calibrated"
-    assert first.strategy in cands and set(first.timings_s) == set(cands)
-    assert all(isinstance(v, float) and v > 0 for v in first.timings_s.values())
-    assert first.strategy == _pick(first.timings_s) and first.calibration_s > 0
-    again = choose_strategy("auto", exp.fns, 32, S, x, y, candidates=cands, cache=cache)
-    assert (again.reason, again.strategy, len(cache)) == ("cached", first.strategy, 1)
-    # what the decision depends on: another seed count, batch or precision is another decision
-    key = calibration_key(exp.fns, 32, S, "fp32", cands)
-    assert cache.get(key) is not None
-    for other in (calibration_key(exp.fns, 32, 2, "fp32", cands), calibration_key(exp.fns, 64, S, "fp32", cands),
-                  calibration_key(exp.fns, 32, S, "bf16", cands)):
-        assert other != key and cache.get(other) is None
+def test_run_with_a_million_seeds_is_refused_up_front(tmp_path, capsys):
+    """One line with the estimate and the limit, exit 2, and no run directory."""
+    from jaxscale.cli import main
+
+    cfg = tmp_path / "c.toml"
+    # ~0.9 MB of parameters and optimiser state a seed: ~900 GB for a million
+    cfg.write_text('name = "m"\n[model]\nfamily = "cnn"\npreset = "digits"\n[data]\ndataset = "digits"\n'
+                   '[train]\nP = [64]\nepochs = 1\n')
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--seeds", "1000000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1000000 seed(s)" in err[0] and "GB available" in err[0], err
+    assert not out.exists()
 
 
-def test_pick_fastest_with_ties_to_an_in_program_strategy():
-    assert _pick({"sequential": 1.0, "loop": 1.2, "vmap": 1.5}) == "sequential"
-    assert _pick({"sequential": 1.0, "loop": 1.02, "vmap": 1.5}) == "loop"  # tie: one program
-    assert _pick({"sequential": 1.0, "loop": 1.02, "vmap": 1.01}) == "vmap"  # fastest of the tied
-    assert _pick({"sequential": 1.0}) == "sequential"
-
-
-def test_calibration_skips_candidates_over_the_memory_budget(exp, start):
-    t = calibrate(exp.fns, 32, S, exp.dataset.x_train, exp.dataset.y_train, ("vmap", "sequential"),
-                  repeats=1, memory_budget=1, state=_copy(start[0]))
-    assert isinstance(t["sequential"], float)
-    assert isinstance(t["vmap"], str) and "budget" in t["vmap"]
-
-
-def test_flops_per_image_xla_matches_the_hand_count(exp):
+def test_flops_per_image_xla_matches_the_hand_count():
     """The FLOPs behind MFU: XLA's cost analysis of one compiled train step agrees with counting the
     CNN's multiply-accumulates by hand (XLA also counts the elementwise work: a few per cent more)."""
-    import dataclasses as dc
-
     from jaxscale.bench.common import bench_config, build_bench_experiment
     from jaxscale.bench.throughput import arithmetic_flops_per_image, step_flops_per_image
 
@@ -224,37 +208,39 @@ def test_flops_per_image_xla_matches_the_hand_count(exp):
     assert hand == 2.0 * (3 * sum(macs) - macs[0])
     assert 1.0 <= xla / hand < 1.10, (xla, hand)
     # the norms' power iterations and the optimiser are in XLA's count: without norms it is smaller
-    no_norms = dc.replace(bexp, fns=dc.replace(bexp.fns, norms=dc.replace(bexp.fns.norms, every=0)))
+    no_norms = dataclasses.replace(bexp, fns=dataclasses.replace(bexp.fns, norms=dataclasses.replace(bexp.fns.norms,
+                                                                                                     every=0)))
     assert step_flops_per_image(no_norms) < xla
-    assert arithmetic_flops_per_image(dc.replace(bexp.spec, family="vit")) is None
+    assert arithmetic_flops_per_image(dataclasses.replace(bexp.spec, family="vit")) is None
 
 
 @pytest.mark.slow
 def test_bench_throughput_and_experiment_cli(tmp_path, capsys):
-    """``jaxscale bench throughput`` and ``bench experiment`` end to end on a tiny model: the issue's
-    JSON keys, img_s_ensemble = the auto choice's measured rate, a projection that adds up."""
+    """``jaxscale bench throughput`` and ``bench experiment`` end to end on a tiny model: the JSON
+    keys, img_s_ensemble = the measured rate of the batching a run picks, a projection that adds up."""
     import json
 
     from jaxscale.cli import main
 
     assert main(["bench", "throughput", "--model", "cnn", "--dataset", "digits", "--preset", "tiny", "--seeds", "2",
-                 "--P", "64", "--batch-size", "32", "--repeats", "1", "--calib-steps", "1", "--json"]) == 0
+                 "--P", "64", "--batch-size", "32", "--repeats", "1", "--strategies", "vmap,vmap:1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     for k in ("img_s_single", "img_s_sequential", "img_s_ensemble", "flops_per_img", "achieved_flops",
               "peak_flops", "mfu"):
         assert isinstance(r[k], float) and r[k] > 0, k
-    assert r["img_s_ensemble"] == r["ensemble_by_strategy"][r["ensemble_strategy"]]["img_s"]
-    assert r["ensemble_choice"]["reason"] == "calibrated"
-    assert set(r["ensemble_by_strategy"]) >= {"sequential", "loop", "vmap"}
+    assert r["ensemble_strategy"] == "loop" and r["seed_batching"]["kind"] == "loop"  # CNN on CPU
+    assert r["img_s_ensemble"] == r["ensemble_by_strategy"]["loop"]["img_s"]
+    assert set(r["ensemble_by_strategy"]) == {"loop", "vmap"}  # vmap:1 is the loop
     np.testing.assert_allclose(r["achieved_flops"], r["flops_per_img"] * r["img_s_ensemble"])
+    assert main(["bench", "throughput", "--strategies", "chunk:2"]) == 2
 
     cfg = tmp_path / "c.toml"
     cfg.write_text('name = "p"\n[model]\nfamily = "cnn"\npreset = "tiny"\n[data]\ndataset = "digits"\n'
                    '[train]\nP = [64, 128]\nseeds = 2\nepochs = 5\nbatch_size = 32\nlog_points = 3\n')
     assert main(["bench", "experiment", str(cfg), "--P-measure", "64", "--json"]) == 0
     e = json.loads(capsys.readouterr().out)
-    assert e["P_measure"] == 64 and e["logged_epochs"] == 3 and e["ensemble_choice"]["reason"].startswith("static")
-    assert e["projected_ensemble_s"] == pytest.approx(sum(e["projected_ensemble_per_P_s"]) + e["calibration_s"])
+    assert e["P_measure"] == 64 and e["logged_epochs"] == 3 and e["ensemble_strategy"] == "loop"
+    assert e["projected_ensemble_s"] == pytest.approx(sum(e["projected_ensemble_per_P_s"]))
     # the larger P costs more (the seeds' initialisation is charged to the first P only); and one
     # seed at a time is projected too
     per_P = e["projected_ensemble_per_P_s"]

@@ -3,6 +3,8 @@ weights; bf16 training of a small model tracks the fp32 learning curves within s
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,11 +12,8 @@ import pytest
 
 from jaxscale.config import config_from_dict
 from jaxscale.data import load_dataset
-from jaxscale.errors import UsageError
 from jaxscale.train import build_experiment, run_experiment
-from jaxscale.train.loop import make_programs, stacked_seed_keys
-from jaxscale.train.precision import (compute_dtype, matmul_precision, precision_context,
-                                      with_precision)
+from jaxscale.train.loop import build_programs
 
 # Tolerances of bf16 vs fp32 curves (same seeds, same data order), at every logged epoch:
 # (measured here: errors 4.3 points at the first logged epoch, on the steep part of the curve;
@@ -24,32 +23,27 @@ LOSS_REL, LOSS_ABS = 0.10, 0.01  # train/test loss within 10 % (or 0.01 nats onc
 LOG_NORM_ABS = 0.05  # every norm within ~5 % (natural-log difference)
 
 
-def _lowered_dot(precision=None) -> str:
-    a = jnp.ones((8, 8), jnp.float32)
-    return jax.jit(lambda u, v: u @ v).lower(a, a).as_text()
+def test_the_model_carries_its_matmul_precision():
+    """The model's own forward pass, traced by any caller in any ambient context, asks for the
+    configured precision: HIGHEST (true fp32) under fp32, HIGH (TF32) and never HIGHEST under tf32,
+    neither under bf16 (bf16 operands); and its activations are in the configured dtype."""
+    from jaxscale.models import build_model
+    from jaxscale.train.precision import resolve_precision
 
-
-def test_dtype_and_matmul_precision_mapping():
-    assert compute_dtype("fp32") == jnp.float32 and compute_dtype("tf32") == jnp.float32
-    assert compute_dtype("bf16") == jnp.bfloat16
-    assert (matmul_precision("fp32"), matmul_precision("tf32"), matmul_precision("bf16")) == (
-        "highest", "tensorfloat32", None)
-    with pytest.raises(UsageError, match="train.precision"):
-        compute_dtype("fp16")
-
-
-def test_context_sets_the_traced_matmul_precision():
-    with precision_context("fp32"):
-        assert "HIGHEST" in _lowered_dot()
-    with precision_context("tf32"):
-        txt = _lowered_dot()
-        assert "HIGH" in txt and "HIGHEST" not in txt
-    with precision_context("bf16"):
-        assert "HIGH" not in _lowered_dot()
-    assert "HIGH" not in _lowered_dot()  # nothing leaks out of the context
-    # the wrapper applies it at call (= trace) time, which is what a jitted program needs
-    assert "HIGHEST" in with_precision(_lowered_dot, "fp32")()
-    assert with_precision(_lowered_dot, "bf16") is _lowered_dot
+    x = jnp.zeros((2, 8, 8, 1))
+    found = {}
+    for p in ("fp32", "tf32", "bf16"):
+        prec = resolve_precision(p)
+        spec = build_model("cnn", "digits", input_shape=(8, 8, 1), num_classes=10, dtype=prec.dtype,
+                           precision=prec.matmul)
+        params = jax.eval_shape(spec.init, jax.random.PRNGKey(0))
+        with jax.default_matmul_precision("bfloat16"):
+            txt = str(jax.make_jaxpr(lambda v, x: spec.apply(v, x, train=False)[0])(params, x))
+        found[p] = (txt.count("dot_general"), len(re.findall(r"HIGH(?!EST)", txt)), txt.count("HIGHEST"),
+                    "bf16[2," in txt)
+    assert found["fp32"][0] >= 2 and found["fp32"][2] >= found["fp32"][0] and found["fp32"][1] == 0, found
+    assert found["tf32"][1] >= found["tf32"][0] and found["tf32"][2] == 0, found
+    assert found["bf16"][1] == found["bf16"][2] == 0 and found["bf16"][3] and not found["fp32"][3], found
 
 
 def _raw(precision):
@@ -67,7 +61,7 @@ def curves():
     out = {}
     for p in ("fp32", "bf16"):
         exp = build_experiment(config_from_dict(_raw(p)), ds)
-        out[p], _ = run_experiment(exp)  # make_programs applies the precision itself
+        out[p], _ = run_experiment(exp)
         out[p + "_exp"] = exp
     return out
 
@@ -80,7 +74,7 @@ def test_bf16_keeps_fp32_master_weights_and_losses(curves):
     k = seed_keys(0)
     st = jax.jit(lambda a, b, c: step_lib.init_state(exp.fns, a, b, c))(k["init"], k["train"], k["norms"])
     x, y = jnp.asarray(exp.dataset.x_train[:16]), jnp.asarray(exp.dataset.y_train[:16].astype(np.int32))
-    step = with_precision(jax.jit(lambda s, xb, yb: step_lib.train_step(exp.fns, s, xb, yb)), "bf16")
+    step = jax.jit(lambda s, xb, yb: step_lib.train_step(exp.fns, s, xb, yb))
     st, m = step(st, x, y)
     floats = lambda t: {a.dtype for a in jax.tree.leaves(t) if jnp.issubdtype(a.dtype, jnp.floating)}  # noqa: E731
     assert floats(st.params) == floats(st.opt_state) == {jnp.dtype(jnp.float32)}
@@ -110,22 +104,24 @@ def test_bf16_tracks_fp32_curves(curves):
     assert not np.array_equal(a.values["train_loss"], b.values["train_loss"])
 
 
-def test_run_programs_are_traced_in_the_configured_precision():
-    """make_programs (what a run uses) traces every program in train.precision's matmul precision:
-    the model's float32 matmuls say TF32 (HIGH) under tf32, HIGHEST under fp32; the norms always ask
-    for HIGHEST themselves."""
-    import re
+def test_run_programs_carry_the_configured_precision(curves):
+    """A run's epoch program (build_programs) has the model's matmul precision in it: HIGHEST under
+    fp32, TF32 (HIGH) for a model asking for tf32's precision, neither for bf16's products; the norms
+    always ask for HIGHEST themselves. Traced only, from abstract arrays."""
+    import dataclasses
 
-    ds = load_dataset("digits")
-    found = {}
-    for p in ("fp32", "tf32", "bf16"):
-        exp = build_experiment(config_from_dict(_raw(p)), ds)
-        progs = make_programs(exp)
-        k = stacked_seed_keys([0, 1])
-        st = progs["init"](k["init"], k["train"], k["norms"])
-        sub = progs["subsets"](k["data"], ds.n_train, 256)
-        x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, jnp.int32)
+    def traced(exp):
+        progs = build_programs(exp, exp.layout, exp.batching.group)
+        k = jax.ShapeDtypeStruct((2, 2), jnp.uint32)
+        st = jax.eval_shape(progs["init"], k, k, k)
+        sub = jax.ShapeDtypeStruct((2, 256), jnp.int32)
+        x, y = jnp.asarray(exp.dataset.x_train), jnp.asarray(exp.dataset.y_train, jnp.int32)
         txt = str(jax.make_jaxpr(progs["epoch"])(st, sub, x, y, jnp.int32(1)))
-        found[p] = (len(re.findall(r"HIGH(?!EST)", txt)), txt.count("HIGHEST"))
+        return len(re.findall(r"HIGH(?!EST)", txt)), txt.count("HIGHEST")
+
+    fp32 = curves["fp32_exp"]
+    spec = dataclasses.replace(fp32.spec, module=fp32.spec.module.clone(precision=jax.lax.Precision.HIGH))
+    tf32 = dataclasses.replace(fp32, fns=dataclasses.replace(fp32.fns, spec=spec))
+    found = {"fp32": traced(fp32), "tf32": traced(tf32), "bf16": traced(curves["bf16_exp"])}
     assert found["tf32"][0] > 0 and found["fp32"][0] == 0 and found["bf16"][0] == 0, found
     assert found["fp32"][1] > found["bf16"][1] and found["fp32"][1] > found["tf32"][1], found

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from jaxscale.config import ENSEMBLE_STRATEGIES, PRECISIONS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True)
@@ -17,14 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--seeds", type=int, default=8)
     t.add_argument("--P", type=int, default=512, help="training samples per timed epoch (default 512)")
     t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"))
+    t.add_argument("--precision", default="fp32", choices=PRECISIONS)
     t.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
-    t.add_argument("--strategies", default="candidates",
-                   help="ensemble strategies to time: 'candidates' (every candidate of auto, default), 'auto' "
-                        "(only the one auto picks), or a comma-separated list of vmap,loop,sequential,chunk:K")
-    t.add_argument("--calib-steps", type=int, default=2, help="steps per seed of auto's calibration epoch")
-    t.add_argument("--ensemble", default="auto",
-                   help="strategy behind img_s_ensemble: auto (calibrated, default) or one strategy (no calibration)")
+    t.add_argument("--strategies", default="loop,vmap",
+                   help="seed batchings to time besides a run's choice: comma-separated loop, vmap, vmap:K "
+                        "(vmapped groups of K seeds); default loop,vmap")
+    t.add_argument("--ensemble", default="auto", choices=ENSEMBLE_STRATEGIES,
+                   help="parallel.ensemble of the run whose choice is img_s_ensemble (default auto)")
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=_throughput)
@@ -60,16 +61,16 @@ def _positive(name, v):
 
 
 def _throughput(args) -> int:
-    from jaxscale.bench.throughput import format_throughput, throughput
-    from jaxscale.train.ensemble import check_strategy
+    from jaxscale.bench.throughput import format_throughput, parse_group, throughput
 
-    for k in ("seeds", "P", "repeats", "batch_size", "calib_steps"):
+    for k in ("seeds", "P", "repeats", "batch_size"):
         _positive(f"--{k.replace('_', '-')}", getattr(args, k))
-    strategies = None if args.strategies == "candidates" else tuple(
-        check_strategy(s) for s in args.strategies.split(",") if s)
+    strategies = tuple(s for s in args.strategies.split(",") if s)
+    for s in strategies:
+        parse_group(s)
     r = throughput(args.model, args.dataset, seeds=args.seeds, P=args.P, precision=args.precision,
                    repeats=args.repeats, strategies=strategies, preset=args.preset, batch_size=args.batch_size,
-                   conv_impl=args.conv_impl, calib_steps=args.calib_steps, ensemble=check_strategy(args.ensemble))
+                   conv_impl=args.conv_impl, ensemble=args.ensemble)
     print(json.dumps(r, indent=2) if args.json else format_throughput(r))
     return 0
 

@@ -22,7 +22,6 @@ def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int =
                    ensemble: str = "auto") -> dict:
     from jaxscale.bench.common import epoch_runner
     from jaxscale.norms import exact_norms
-    from jaxscale.train.ensemble import choose_strategy
 
     P = steps * 128
     runners, exps = {}, {}
@@ -32,10 +31,7 @@ def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int =
             cfg.norms, power_iterations=power_iterations, convention=convention))
         exp = build_bench_experiment(cfg, dataset, n_train=max(P, 1024))
         exps[name] = exp
-        if name == "no_norms":  # the strategy a run would use (both variants use the same one)
-            strategy = choose_strategy(ensemble, exp.fns, 128, seeds, exp.dataset.x_train, exp.dataset.y_train,
-                                       precision=cfg.train.precision).strategy
-        runners[name] = epoch_runner(exp, seeds, strategy, P)
+        runners[name] = epoch_runner(exp, P)  # the seed batching a run of this config uses
         jax.block_until_ready(runners[name]())  # compile
         jax.block_until_ready(runners[name]())  # warm
     # The official approach: full SVD of every (flattened) weight matrix, for every seed, jitted.
@@ -63,7 +59,7 @@ def norms_overhead(model: str = "cnn", dataset: str = "cifar10", *, seeds: int =
     svd_s = statistics.median(svd_times)
     return {
         "model": model, "dataset": dataset, "seeds": seeds, "batch_size": 128,
-        "power_iterations": power_iterations, "convention": convention, "ensemble": strategy,
+        "power_iterations": power_iterations, "convention": convention, "ensemble": exp.strategy,
         "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
         "step_s": step_s, "step_with_norms_s": step_n, "overhead_fraction": step_n / step_s - 1.0,
         "svd_s": svd_s, "svd_over_step": svd_s / step_s,

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxscale.models import init as I
-from jaxscale.models.conv import Conv2D
+from jaxscale.models.conv import PATCH_CHUNK_BYTES, Conv2D
 from jaxscale.models.common import max_pool_2x2, require
 
 INITS = ("head",)  # the pre-init-factor script used the same PyTorch defaults (= factor 1)
@@ -48,6 +48,8 @@ class CNN(nn.Module):
     init_factor: float = 1.0
     dtype: Any = jnp.float32
     conv_impl: str = "xla"  # see jaxscale.models.conv
+    precision: Any = None  # matmul precision (jaxscale.train.precision)
+    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -73,6 +75,7 @@ class CNN(nn.Module):
             kernel_init=I.scaled(I.torch_default_kernel(), self.init_factor),
             bias_init=I.torch_default_bias(layer_fan_in),
             dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl, name=name,
+            precision=self.precision, chunk_bytes=self.conv_chunk_bytes,
         )
 
     def _dense(self, width: int, layer_fan_in: int, name: str) -> nn.Dense:
@@ -80,7 +83,7 @@ class CNN(nn.Module):
             width,
             kernel_init=I.scaled(I.torch_default_kernel(), self.init_factor),
             bias_init=I.torch_default_bias(layer_fan_in),
-            dtype=self.dtype, param_dtype=jnp.float32, name=name,
+            dtype=self.dtype, param_dtype=jnp.float32, name=name, precision=self.precision,
         )
 
 
@@ -95,6 +98,8 @@ def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
     )
 
 
-def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any, conv_impl: str = "xla") -> CNN:
-    """The CNN module for resolved ``hyper`` (``init`` is always ``"head"``: PyTorch defaults)."""
-    return CNN(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **hyper)
+def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any, conv_impl: str = "xla",
+          **settings: Any) -> CNN:
+    """The CNN module for resolved ``hyper`` (``init`` is always ``"head"``: PyTorch defaults);
+    ``settings``: ``precision``, ``conv_chunk_bytes``."""
+    return CNN(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **settings, **hyper)

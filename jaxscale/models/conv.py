@@ -17,10 +17,8 @@ Both implementations compute the same function with the same ``kernel [kh, kw, C
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -55,35 +53,14 @@ def extract_patches(x: jax.Array, kh: int, kw: int, strides: tuple[int, int], pa
     return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
-#: Bytes of im2col patches one chunk of images may hold: ``impl="patches"`` runs a batch through the
-#: convolution in chunks of this size (forward and backward), so the patch matrix of a chunk stays in
-#: cache instead of streaming the whole batch's (151 MB for the CIFAR-10 CNN's second layer at batch
-#: 128) through memory three times. Measured on the 2-core Zen 4 CPU, fwd+bwd inside ``lax.scan``
-#: (benchmarks/RESULTS.md): chunks of 2-5 MB were 1.2-1.4x faster than the whole batch on the CIFAR-10
-#: CNN's layers; 1 image (too little work per matmul) or >= 10 MB lost that gain.
+#: Default bytes of im2col patches one chunk of images may hold (``Conv2D.chunk_bytes``):
+#: ``impl="patches"`` runs a batch through the convolution in chunks of this size (forward and
+#: backward), so the patch matrix of a chunk stays in cache instead of streaming the whole batch's
+#: (151 MB for the CIFAR-10 CNN's second layer at batch 128) through memory three times. Measured on
+#: the 2-core Zen 4 CPU, fwd+bwd inside ``lax.scan`` (benchmarks/RESULTS.md): chunks of 2-5 MB were
+#: 1.2-1.4x faster than the whole batch on the CIFAR-10 CNN's layers; 1 image (too little work per
+#: matmul) or >= 10 MB lost that gain.
 PATCH_CHUNK_BYTES = 3 * 2**20
-
-_chunk_bytes: contextvars.ContextVar[int] = contextvars.ContextVar("jaxscale_patch_chunk_bytes",
-                                                                   default=PATCH_CHUNK_BYTES)
-
-
-@contextlib.contextmanager
-def patch_chunk_bytes(n: int) -> Iterator[None]:
-    """Trace-time setting, like ``jax.default_matmul_precision``: programs *traced* inside this
-    context convolve (``impl="patches"``) in chunks of at most ``n`` bytes of patches (``0``: the
-    whole batch at once). Same values either way; it changes speed and memory only. Used to tune a
-    CPU's cache size, and by the FLOP count (XLA's cost analysis counts a loop body once).
-
-    ``jax.jit`` caches are not keyed on it: a program already traced outside the context keeps its
-    chunking. Wrap the call that first traces a program (e.g. ``jaxscale.experiment.run``, which
-    traces its programs inside the call)."""
-    if int(n) < 0:
-        raise ValueError(f"patch chunk bytes must be >= 0, got {n}")
-    token = _chunk_bytes.set(int(n))
-    try:
-        yield
-    finally:
-        _chunk_bytes.reset(token)
 
 
 def conv2d(
@@ -92,28 +69,31 @@ def conv2d(
     strides: tuple[int, int],
     padding: Padding,
     impl: str,
-    chunk_bytes: int | None = None,
+    chunk_bytes: int = PATCH_CHUNK_BYTES,
+    precision: Any = None,
 ) -> jax.Array:
     """NHWC convolution (cross-correlation, as PyTorch/flax) of ``x [B,H,W,C_in]`` with
     ``kernel [kh,kw,C_in,C_out]`` and explicit ``padding ((top,bottom),(left,right))``.
 
     ``chunk_bytes`` (``impl="patches"`` only): the batch is convolved in chunks whose patch matrix
-    holds at most this many bytes (at least one image a chunk; ``0`` = the whole batch at once;
-    ``None`` = :func:`patch_chunk_bytes`'s setting, default :data:`PATCH_CHUNK_BYTES`). Same values
-    either way (to float rounding of the kernel gradient's sum over chunks).
+    holds at most this many bytes (at least one image a chunk; ``0`` = the whole batch at once).
+    Same values either way (to float rounding of the kernel gradient's sum over chunks); it changes
+    speed and memory only (tune it to a CPU's cache; the FLOP count uses 0: XLA's cost analysis
+    counts a loop body once).
+
+    ``precision``: the matmul/convolution precision (a ``jax.lax.Precision``; None = JAX's default).
     """
     if impl == "xla":
         return jax.lax.conv_general_dilated(
-            x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
     if impl != "patches":
         raise ValueError(f"unknown conv impl {impl!r}")
     kh, kw, cin, cout = kernel.shape
-    if chunk_bytes is None:
-        chunk_bytes = _chunk_bytes.get()
     chunk = _images_per_chunk(x, kernel, strides, padding, chunk_bytes)
     if chunk >= x.shape[0]:
-        return extract_patches(x, kh, kw, strides, padding) @ kernel.reshape(kh * kw * cin, cout)
-    return _chunked_patches_conv(x, kernel, tuple(strides), tuple(map(tuple, padding)), chunk)
+        return jnp.matmul(extract_patches(x, kh, kw, strides, padding), kernel.reshape(kh * kw * cin, cout),
+                          precision=precision)
+    return _chunked_patches_conv(x, kernel, tuple(strides), tuple(map(tuple, padding)), chunk, precision)
 
 
 def _images_per_chunk(x, kernel, strides, padding, chunk_bytes: int) -> int:
@@ -130,8 +110,8 @@ def _images_per_chunk(x, kernel, strides, padding, chunk_bytes: int) -> int:
     return max(d for d in range(1, min(b, most) + 1) if b % d == 0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _chunked_patches_conv(x, kernel, strides, padding, chunk):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _chunked_patches_conv(x, kernel, strides, padding, chunk, precision):
     """``conv2d(..., "patches")`` over chunks of ``chunk`` images (``lax.map``). The custom VJP
     recomputes each chunk's patches in the backward pass instead of saving the whole batch's: the
     kernel gradient accumulates ``patches^T @ dy`` chunk by chunk (in float32), and the input
@@ -139,15 +119,15 @@ def _chunked_patches_conv(x, kernel, strides, padding, chunk):
     kh, kw, cin, cout = kernel.shape
     km = kernel.reshape(kh * kw * cin, cout)
     xs = x.reshape((x.shape[0] // chunk, chunk) + x.shape[1:])
-    y = jax.lax.map(lambda xc: extract_patches(xc, kh, kw, strides, padding) @ km, xs)
+    y = jax.lax.map(lambda xc: jnp.matmul(extract_patches(xc, kh, kw, strides, padding), km, precision=precision), xs)
     return y.reshape((x.shape[0],) + y.shape[2:])
 
 
-def _chunked_fwd(x, kernel, strides, padding, chunk):
-    return _chunked_patches_conv(x, kernel, strides, padding, chunk), (x, kernel)
+def _chunked_fwd(x, kernel, strides, padding, chunk, precision):
+    return _chunked_patches_conv(x, kernel, strides, padding, chunk, precision), (x, kernel)
 
 
-def _chunked_bwd(strides, padding, chunk, res, dy):
+def _chunked_bwd(strides, padding, chunk, precision, res, dy):
     x, kernel = res
     kh, kw, cin, cout = kernel.shape
     km = kernel.reshape(kh * kw * cin, cout)
@@ -157,9 +137,9 @@ def _chunked_bwd(strides, padding, chunk, res, dy):
     def one_chunk(dk, xd):
         xc, dyc = xd
         patches, to_input = jax.vjp(lambda a: extract_patches(a, kh, kw, strides, padding), xc)
-        dk = dk + jnp.tensordot(patches, dyc, axes=((0, 1, 2), (0, 1, 2)),
+        dk = dk + jnp.tensordot(patches, dyc, axes=((0, 1, 2), (0, 1, 2)), precision=precision,
                                 preferred_element_type=jnp.float32)
-        (dxc,) = to_input(dyc @ km.T)
+        (dxc,) = to_input(jnp.matmul(dyc, km.T, precision=precision))
         return dk, dxc
 
     dk, dxs = jax.lax.scan(one_chunk, jnp.zeros(km.shape, jnp.float32), (xs, dys))
@@ -171,7 +151,8 @@ _chunked_patches_conv.defvjp(_chunked_fwd, _chunked_bwd)
 
 class Conv2D(nn.Module):
     """Drop-in for ``nn.Conv`` with explicit padding and a choice of implementation (same param
-    names, shapes, init calls and RNG streams as ``nn.Conv``)."""
+    names, shapes, init calls and RNG streams as ``nn.Conv``). ``precision``: matmul/convolution
+    precision (``jax.lax.Precision`` or None); ``chunk_bytes``: see :func:`conv2d`."""
 
     features: int
     kernel_size: tuple[int, int]
@@ -183,6 +164,8 @@ class Conv2D(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     impl: str = "xla"
+    precision: Any = None
+    chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -190,5 +173,6 @@ class Conv2D(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv2d(x, kernel, tuple(self.strides), tuple(map(tuple, self.padding)), self.impl)
+        y = conv2d(x, kernel, tuple(self.strides), tuple(map(tuple, self.padding)), self.impl, self.chunk_bytes,
+                   self.precision)
         return y + bias if bias is not None else y

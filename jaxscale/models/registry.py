@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxscale.models import cnn, resnet, vit
 from jaxscale.models.common import require
-from jaxscale.models.conv import CONV_IMPLS, resolve_conv_impl
+from jaxscale.models.conv import CONV_IMPLS, PATCH_CHUNK_BYTES, resolve_conv_impl
 from jaxscale.models.layers import WeightLayer, trace
 from jaxscale.models.spec import ModelSpec
 
@@ -71,6 +71,8 @@ def build_model(
     init: str = "head",
     dtype: Any = jnp.float32,
     conv_impl: str = "auto",
+    precision: Any = None,
+    conv_chunk_bytes: int = PATCH_CHUNK_BYTES,
     **overrides: Any,
 ) -> ModelSpec:
     """Build a model family with a preset architecture, the protocol's init and init factor.
@@ -86,6 +88,9 @@ def build_model(
         are always float32 and logits are returned as float32.
       conv_impl: ``"xla"``, ``"patches"`` or ``"auto"`` (patches on CPU, xla elsewhere): how
         convolutions are computed (same function and parameters; see :mod:`jaxscale.models.conv`).
+      precision: matmul/convolution precision of the model (a ``jax.lax.Precision``; None = JAX's
+        default; see :mod:`jaxscale.train.precision`).
+      conv_chunk_bytes: patches convolution chunk size (:func:`jaxscale.models.conv.conv2d`).
       **overrides: replace single preset fields, e.g. ``convs=(8, 16)``, ``dropout=0.0``.
 
     Raises:
@@ -121,7 +126,8 @@ def build_model(
 
     require(conv_impl in CONV_IMPLS, f"unknown conv_impl {conv_impl!r}; choose one of {', '.join(CONV_IMPLS)}")
     conv_impl = resolve_conv_impl(conv_impl)
-    module = fam.build(hyper, int(num_classes), float(init_factor), init, jnp.dtype(dtype_name), conv_impl)
+    module = fam.build(hyper, int(num_classes), float(init_factor), init, jnp.dtype(dtype_name), conv_impl,
+                       precision=precision, conv_chunk_bytes=int(conv_chunk_bytes))
 
     # train=False: BatchNorm creates its running statistics, dropout needs no rng.
     dummy = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxscale.models import init as I
-from jaxscale.models.conv import Conv2D
+from jaxscale.models.conv import PATCH_CHUNK_BYTES, Conv2D
 from jaxscale.models.common import require
 
 INITS = ("head",)  # the pre-init-factor scripts used the same init (= factor 1)
@@ -41,13 +41,13 @@ def _stage_stride(stage: int) -> int:
 
 
 def _conv(width: int, kernel: int, stride: int, init_factor: float, dtype: Any, name: str,
-          impl: str = "xla") -> Conv2D:
+          impl: str = "xla", **settings: Any) -> Conv2D:
     """Bias-free conv3×3 (pad 1) or conv1×1 (pad 0), kaiming-normal fan-out × init factor."""
     return Conv2D(
         width, (kernel, kernel), strides=(stride, stride),
         padding=_PAD3 if kernel == 3 else _PAD1, use_bias=False,
         kernel_init=I.scaled(I.kaiming_normal_fan_out(), init_factor),
-        dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name,
+        dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name, **settings,
     )
 
 
@@ -72,16 +72,19 @@ class BasicBlock(nn.Module):
     init_factor: float
     dtype: Any
     conv_impl: str = "xla"
+    precision: Any = None
+    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x, train: bool):
         f, dt, ci = self.init_factor, self.dtype, self.conv_impl
-        y = _conv(self.width, 3, self.stride, f, dt, "conv1", ci)(x)
+        cs = dict(precision=self.precision, chunk_bytes=self.conv_chunk_bytes)
+        y = _conv(self.width, 3, self.stride, f, dt, "conv1", ci, **cs)(x)
         y = nn.relu(_bn(train, dt, "bn1")(y))
-        y = _conv(self.width, 3, 1, f, dt, "conv2", ci)(y)
+        y = _conv(self.width, 3, 1, f, dt, "conv2", ci, **cs)(y)
         y = _bn(train, dt, "bn2")(y)
         if self.stride != 1 or x.shape[-1] != self.width:
-            x = _conv(self.width, 1, self.stride, f, dt, "shortcut_conv", ci)(x)
+            x = _conv(self.width, 1, self.stride, f, dt, "shortcut_conv", ci, **cs)(x)
             x = _bn(train, dt, "shortcut_bn")(x)
         return nn.relu(y + x)
 
@@ -99,23 +102,27 @@ class ResNet(nn.Module):
     init_factor: float = 1.0
     dtype: Any = jnp.float32
     conv_impl: str = "xla"  # see jaxscale.models.conv
+    precision: Any = None  # matmul precision (jaxscale.train.precision)
+    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = x.astype(self.dtype)
-        x = _conv(self.widths[0], 3, 1, self.init_factor, self.dtype, "stem_conv", self.conv_impl)(x)
+        x = _conv(self.widths[0], 3, 1, self.init_factor, self.dtype, "stem_conv", self.conv_impl,
+                  precision=self.precision, chunk_bytes=self.conv_chunk_bytes)(x)
         x = nn.relu(_bn(train, self.dtype, "stem_bn")(x))
         for s, (width, n) in enumerate(zip(self.widths, self.blocks)):
             for b in range(n):
                 x = BasicBlock(
                     init_factor=self.init_factor, dtype=self.dtype, width=width, conv_impl=self.conv_impl,
+                    precision=self.precision, conv_chunk_bytes=self.conv_chunk_bytes,
                     stride=_stage_stride(s) if b == 0 else 1, name=f"stage{s}_block{b}",
                 )(x, train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(
             self.num_classes,
             kernel_init=I.scaled(I.normal(0.01), self.init_factor), bias_init=I.zeros,
-            dtype=self.dtype, param_dtype=jnp.float32, name="fc",
+            dtype=self.dtype, param_dtype=jnp.float32, name="fc", precision=self.precision,
         )(x)
         return x.astype(jnp.float32)
 
@@ -131,6 +138,8 @@ def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
 
 
 def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any,
-          conv_impl: str = "xla") -> ResNet:
-    """The ResNet module for resolved ``hyper`` (``init`` is always ``"head"``)."""
-    return ResNet(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **hyper)
+          conv_impl: str = "xla", **settings: Any) -> ResNet:
+    """The ResNet module for resolved ``hyper`` (``init`` is always ``"head"``); ``settings``:
+    ``precision``, ``conv_chunk_bytes``."""
+    return ResNet(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **settings,
+                  **hyper)

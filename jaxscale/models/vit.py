@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxscale.models import init as I
-from jaxscale.models.conv import Conv2D
+from jaxscale.models.conv import PATCH_CHUNK_BYTES, Conv2D
 from jaxscale.models.common import require
 
 INITS = ("head", "old")
@@ -47,10 +47,10 @@ def _weight_inits(init: str, factor: float) -> tuple[I.Initializer, I.Initialize
     return I.scaled(I.kaiming_normal_fan_out(), factor), I.scaled(I.xavier_uniform(), factor)
 
 
-def _linear(features: int, kernel_init: I.Initializer, dtype: Any, name: str) -> nn.Dense:
+def _linear(features: int, kernel_init: I.Initializer, dtype: Any, name: str, precision: Any) -> nn.Dense:
     """An ``nn.Linear`` of the official model: given weight init, zero bias."""
     return nn.Dense(features, kernel_init=kernel_init, bias_init=I.zeros,
-                    dtype=dtype, param_dtype=jnp.float32, name=name)
+                    dtype=dtype, param_dtype=jnp.float32, name=name, precision=precision)
 
 
 def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
@@ -63,19 +63,20 @@ class MultiHeadSelfAttention(nn.Module):
     heads: int
     linear_init: I.Initializer
     dtype: Any
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x):
         b, n, d = x.shape
         hd = d // self.heads
-        qkv = _linear(3 * d, I.xavier_uniform(), self.dtype, "in_proj")(x)  # unscaled: see module doc
+        qkv = _linear(3 * d, I.xavier_uniform(), self.dtype, "in_proj", self.precision)(x)  # unscaled: see module doc
         # split Q | K | V along features, then each into contiguous per-head chunks of size D/heads
         q, k, v = (t.reshape(b, n, self.heads, hd) for t in jnp.split(qkv, 3, axis=-1))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(hd)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision) / math.sqrt(hd)
         # softmax in float32 so a bfloat16 compute dtype does not wreck the normalisation
         attn = nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, n, d)
-        return _linear(d, self.linear_init, self.dtype, "out_proj")(out)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v, precision=self.precision).reshape(b, n, d)
+        return _linear(d, self.linear_init, self.dtype, "out_proj", self.precision)(out)
 
 
 class EncoderBlock(nn.Module):
@@ -85,14 +86,16 @@ class EncoderBlock(nn.Module):
     mlp_dim: int
     linear_init: I.Initializer
     dtype: Any
+    precision: Any = None
 
     @nn.compact
     def __call__(self, x):
-        x = x + MultiHeadSelfAttention(self.heads, self.linear_init, self.dtype, name="attn")(
+        p = self.precision
+        x = x + MultiHeadSelfAttention(self.heads, self.linear_init, self.dtype, p, name="attn")(
             _layer_norm(self.dtype, "ln1")(x)
         )
-        h = _linear(self.mlp_dim, self.linear_init, self.dtype, "fc1")(_layer_norm(self.dtype, "ln2")(x))
-        h = _linear(x.shape[-1], self.linear_init, self.dtype, "fc2")(nn.gelu(h, approximate=False))
+        h = _linear(self.mlp_dim, self.linear_init, self.dtype, "fc1", p)(_layer_norm(self.dtype, "ln2")(x))
+        h = _linear(x.shape[-1], self.linear_init, self.dtype, "fc2", p)(nn.gelu(h, approximate=False))
         return x + h
 
 
@@ -113,6 +116,8 @@ class ViT(nn.Module):
     init_scheme: str = "head"  # ("init" would shadow Module.init)
     dtype: Any = jnp.float32
     conv_impl: str = "xla"  # see jaxscale.models.conv
+    precision: Any = None  # matmul precision (jaxscale.train.precision)
+    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -123,6 +128,7 @@ class ViT(nn.Module):
             self.dim, (self.patch, self.patch), strides=(self.patch, self.patch), padding=((0, 0), (0, 0)),
             kernel_init=patch_init, bias_init=I.zeros,
             dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl, name="patch_embed",
+            precision=self.precision, chunk_bytes=self.conv_chunk_bytes,
         )(x.astype(self.dtype))
         x = x.reshape(b, -1, self.dim)  # row-major patches: token = h'·W' + w', as PyTorch flatten(2)
         cls = self.param("cls_token", I.trunc_normal(0.02), (1, 1, self.dim), jnp.float32)
@@ -130,9 +136,9 @@ class ViT(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, self.dim)), x], axis=1)
         x = x + pos.astype(self.dtype)
         for i in range(self.depth):
-            x = EncoderBlock(self.heads, self.mlp_dim, linear_init, self.dtype, name=f"block{i}")(x)
+            x = EncoderBlock(self.heads, self.mlp_dim, linear_init, self.dtype, self.precision, name=f"block{i}")(x)
         x = _layer_norm(self.dtype, "ln_f")(x)[:, 0]
-        x = _linear(self.num_classes, linear_init, self.dtype, "head")(x)
+        x = _linear(self.num_classes, linear_init, self.dtype, "head", self.precision)(x)
         return x.astype(jnp.float32)
 
 
@@ -151,7 +157,8 @@ def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
 
 
 def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any,
-          conv_impl: str = "xla") -> ViT:
-    """The ViT module for resolved ``hyper`` and ``init`` (``"head"`` or ``"old"``)."""
+          conv_impl: str = "xla", **settings: Any) -> ViT:
+    """The ViT module for resolved ``hyper`` and ``init`` (``"head"`` or ``"old"``); ``settings``:
+    ``precision``, ``conv_chunk_bytes``."""
     return ViT(num_classes=num_classes, init_factor=init_factor, init_scheme=init, dtype=dtype,
-               conv_impl=conv_impl, **hyper)
+               conv_impl=conv_impl, **settings, **hyper)

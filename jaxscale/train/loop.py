@@ -28,29 +28,37 @@ from jaxscale.results import Curves
 from jaxscale.train import distributed
 from jaxscale.train import step as step_lib
 from jaxscale.train.checkpoint import Checkpoints
-from jaxscale.train.ensemble import init_program, resolve_strategy, seed_map
+from jaxscale.train.ensemble import SeedBatching, batching_kind, choose_group, memory_limit_bytes, peak_bytes, seed_map
 from jaxscale.norms import Norms
 from jaxscale.train.optim import make_optimizer
 from jaxscale.train.preemption import Interrupted, StopFlag
 from jaxscale.train.schedule import logged_epochs
-from jaxscale.train.sharding import (DATA, Layout, data_parallel_fns, distribute, local_rows, plan_layout,
-                                     single_device_layout)
+from jaxscale.train.sharding import DATA, Layout, data_parallel_fns, distribute, local_rows, plan_layout
+from jaxscale.train.precision import resolve_precision
 from jaxscale.train.state import seed_keys
-from jaxscale.train.precision import apply_precision
 
 ProgressFn = Callable[[dict], None]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Experiment:
-    """Everything static about a run, built once from a validated config (see :func:`build_experiment`)."""
+    """Everything static about a run, built once from a validated config (see :func:`build_experiment`):
+    the device ``layout``, how its seeds are batched (``batching``) and the run's jitted ``programs``
+    (:func:`make_programs`), already compiled for the first P."""
 
     cfg: Config
     dataset: ArrayDataset
     spec: ModelSpec
     fns: step_lib.StepFns
-    strategy: str
     epochs_logged: np.ndarray
+    layout: Layout
+    batching: Optional[SeedBatching] = None
+    programs: Optional[dict] = None
+
+    @property
+    def strategy(self) -> str:
+        """How each device's seeds run, e.g. ``"loop"``, ``"vmap"``, ``"vmap (groups of 4 seeds)"``."""
+        return str(self.batching)
 
     @property
     def norm_names(self) -> tuple[str, ...]:
@@ -59,9 +67,13 @@ class Experiment:
         return NORM_NAMES
 
 
-def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Experiment:
-    """Load the dataset (unless given), build the model and the step ingredients. Raises UsageError
-    for anything the config gets wrong that needs the dataset or the model to see."""
+def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
+                     layout: Optional[Layout] = None) -> Experiment:
+    """Load the dataset (unless given), build the model and the step ingredients, and plan the run on
+    ``layout`` (default: planned from ``cfg.parallel`` over every device): how seeds are batched, from
+    XLA's memory analysis of the run's compiled programs (:func:`plan_programs`). Allocates nothing
+    on the devices. Raises UsageError for anything the config gets wrong that needs the dataset or
+    the model to see, and for a run that cannot fit in device memory."""
     from jaxscale.data import load_dataset
     from jaxscale.data.presets import default_preprocessing
     from jaxscale.data.transforms import preprocess
@@ -70,7 +82,7 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, path=cfg.data.path)
     check_against_dataset(cfg, dataset.n_train)
-    dtype = {"fp32": jnp.float32, "tf32": jnp.float32, "bf16": jnp.bfloat16}[cfg.train.precision]
+    precision = resolve_precision(cfg.train.precision)
     spec = build_model(
         cfg.model.family,
         cfg.model.preset,
@@ -78,7 +90,8 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
         num_classes=dataset.num_classes,
         init_factor=cfg.model.init_factor,
         init=cfg.model.init,
-        dtype=dtype,
+        dtype=precision.dtype,
+        precision=precision.matmul,
         conv_impl=cfg.model.conv_impl,
         **dict(cfg.model.arch),
     )
@@ -87,8 +100,6 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
     std = cfg.data.std if cfg.data.std is not None else pre["std"]
     channels = dataset.input_shape[-1]
     if len(mean) not in (1, channels):
-        from jaxscale.errors import UsageError
-
         raise UsageError(f"data.mean has {len(mean)} values but {dataset.name} images have {channels} channels: give 1 or {channels}")
     augment = cfg.data.augment if cfg.data.augment is not None else pre["augment"]
     augment_eval = cfg.data.augment_eval if cfg.data.augment_eval is not None else (augment != "none")
@@ -99,14 +110,11 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None) -> Exp
                   power_iterations=cfg.norms.power_iterations, every=cfg.norms.every)
     fns = step_lib.StepFns(spec=spec, tx=make_optimizer(cfg.train), prep_train=prep_train,
                            prep_eval=prep_eval, norms=norms)
-    return Experiment(
-        cfg=cfg,
-        dataset=dataset,
-        spec=spec,
-        fns=fns,
-        strategy=resolve_strategy(cfg.parallel.ensemble, spec.family),
-        epochs_logged=logged_epochs(cfg.train.epochs, cfg.train.log_points),
-    )
+    exp = Experiment(cfg=cfg, dataset=dataset, spec=spec, fns=fns,
+                     epochs_logged=logged_epochs(cfg.train.epochs, cfg.train.log_points),
+                     layout=layout or plan_layout(cfg.parallel, cfg.train.seeds))
+    programs, batching = plan_programs(exp, exp.layout)
+    return dataclasses.replace(exp, batching=batching, programs=programs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,23 +128,32 @@ def stacked_seed_keys(seeds) -> dict[str, jax.Array]:
 
 
 def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str, Any]:
-    """The jitted ensemble functions of a run on ``layout`` (default: one device); every one maps a
-    single-seed function of :mod:`jaxscale.train.step` over seeds and devices.
+    """The run's jitted ensemble functions on ``layout`` (default: the experiment's), batching seeds
+    as planned: ``exp.programs`` on the experiment's layout (already compiled for the first P), else
+    planned for ``layout`` (:func:`plan_programs`). See :func:`build_programs`."""
+    layout = layout or exp.layout
+    if layout == exp.layout and exp.programs is not None:
+        return exp.programs
+    return plan_programs(exp, layout)[0]
+
+
+def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dict[str, Any]:
+    """The jitted ensemble functions of a run on ``layout`` with ``group`` seeds vmapped side by side
+    (:func:`~jaxscale.train.ensemble.seed_map`: None = all of a device's seeds, K >= 1 = groups of K);
+    every one maps a single-seed function of :mod:`jaxscale.train.step` over seeds and devices.
 
     Per-seed arguments and outputs are global ``[seeds, ...]`` arrays (split over the layout's seed
     groups; the seed count must be a multiple of ``layout.groups``). ``eval``'s metrics and
     ``nonfinite`` come back replicated, so every process can read all seeds. The returned dict also
-    holds the ``layout``. Every program runs in ``train.precision``'s matmul precision.
+    holds the ``layout``.
     """
-    layout = layout or single_device_layout(exp.cfg.train.seeds)
     fns = data_parallel_fns(exp.fns, DATA, layout.data)
-    strat = exp.strategy
     bs = exp.cfg.train.batch_size
     eval_bs = exp.cfg.data.eval_batch_size
 
     def epoch_block(states, subsets, x, y, epoch):
         f = functools.partial(step_lib.train_epoch, fns, bs)
-        return seed_map(f, strat, (0, 0, None, None, None), inplace={0: 0})(states, subsets, x, y, epoch)
+        return seed_map(f, (0, 0, None, None, None), group, inplace={0: 0})(states, subsets, x, y, epoch)
 
     def eval_one(state, subset, x_tr, y_tr, x_te, y_te, epoch):
         key = step_lib.eval_key(state, epoch)
@@ -155,8 +172,11 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
         return out, state.replace(norm_state=norm_state, nonfinite=bad)
 
     def eval_block(states, subsets, x_tr, y_tr, x_te, y_te, epoch):
-        return seed_map(eval_one, strat, (0, 0, None, None, None, None, None), inplace={1: 0})(
+        return seed_map(eval_one, (0, 0, None, None, None, None, None), group, inplace={1: 0})(
             states, subsets, x_tr, y_tr, x_te, y_te, epoch)
+
+    # init runs once: a loop keeps one seed's peak memory and costs nothing measurable
+    init_block = seed_map(functools.partial(step_lib.init_state, fns), (0, 0, 0), 1)
 
     @functools.lru_cache(maxsize=None)
     def subsets_program(n_train: int, P: int):
@@ -167,17 +187,65 @@ def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str,
     def subsets(data_keys, n_train, P):
         return subsets_program(int(n_train), int(P))(data_keys)
 
-    # Every program is called inside the run's matmul-precision context (fp32 = true float32 products
-    # on GPUs that would otherwise use TF32), see jaxscale.train.precision.
-    return apply_precision({
+    return {
         "layout": layout,
-        "init": init_program(fns, lambda f, ax, donate: distribute(f, layout, ax, donate_argnums=donate)),
+        "init": distribute(init_block, layout, (0, 0, 0)),
         "subsets": subsets,
         "epoch": distribute(epoch_block, layout, (0, 0, None, None, None), donate_argnums=(0,)),
         "eval": distribute(eval_block, layout, (0, 0, None, None, None, None, None),
                            out_replicated=(True, False), donate_argnums=(0,)),
         "nonfinite": distribute(lambda s: s.nonfinite, layout, (0,), out_replicated=True),
-    }, exp.cfg.train.precision)
+    }
+
+
+def plan_programs(exp: Experiment, layout: Layout) -> tuple[dict[str, Any], SeedBatching]:
+    """The run's programs on ``layout`` and how they batch seeds: the static rule
+    (:func:`~jaxscale.train.ensemble.batching_kind`) picks loop or vmap, and the vmap group size is
+    the widest whose epoch and evaluation programs, compiled for the first P from abstract arrays
+    (nothing is allocated), fit in ``parallel.memory_limit_gb`` or the devices' free memory
+    (:func:`~jaxscale.train.ensemble.choose_group`). The chosen programs stay compiled: the run's
+    first P reuses them (``pmap`` layouts are measured on the equivalent ``jit`` layout and compile
+    their own). Raises UsageError when one seed at a time does not fit."""
+    cfg = exp.cfg
+    measure_on = dataclasses.replace(layout, api="jit")
+    built: dict[Any, dict] = {}
+
+    def need(group):
+        progs = built[group] = build_programs(exp, measure_on, group)
+        return _programs_bytes(exp, progs, measure_on)
+
+    kind = batching_kind(cfg.parallel.ensemble, exp.spec.family)
+    limit = memory_limit_bytes(list(layout.mesh.devices.flat), cfg.parallel.memory_limit_gb)
+    batching = choose_group(kind, layout.per_group, need, limit)
+    programs = built[batching.group] if layout.api == "jit" else build_programs(exp, layout, batching.group)
+    return programs, batching
+
+
+def _programs_bytes(exp: Experiment, programs: dict, layout: Layout) -> Optional[int]:
+    """Per-device bytes the run needs with ``programs`` (:func:`~jaxscale.train.ensemble.peak_bytes`
+    of its epoch and evaluation programs, compiled here for the first P from abstract arrays, plus
+    the larger subsets of the largest P)."""
+    ds, Ps = exp.dataset, exp.cfg.train.P
+    n = layout.seeds_padded
+
+    def abstract(shape, dtype, sharding):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    def seeded(tree):
+        return jax.tree.map(lambda s: abstract(s.shape, s.dtype, layout.seed_sharding), tree)
+
+    key = abstract((n, 2), jnp.uint32, layout.seed_sharding)
+    states = seeded(jax.eval_shape(programs["init"], key, key, key))
+    subsets = seeded(jax.eval_shape(lambda k: programs["subsets"](k, ds.n_train, Ps[0]), key))
+    x_tr, x_te = (abstract(a.shape, a.dtype, layout.replicated) for a in (ds.x_train, ds.x_test))
+    y_tr, y_te = (abstract(a.shape, jnp.int32, layout.replicated) for a in (ds.y_train, ds.y_test))
+    epoch = jax.ShapeDtypeStruct((), jnp.int32)
+    compiled = [programs["epoch"].lower(states, subsets, x_tr, y_tr, epoch).compile(),
+                programs["eval"].lower(states, subsets, x_tr, y_tr, x_te, y_te, epoch).compile()]
+    peak = peak_bytes(compiled)
+    if peak is None:
+        return None
+    return peak + (max(Ps) - Ps[0]) * layout.per_group * subsets.dtype.itemsize
 
 
 def _chunks(idx: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:

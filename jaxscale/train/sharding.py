@@ -46,9 +46,9 @@ from jaxscale.models.spec import ModelSpec
 SEEDS, DATA = "seeds", "data"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class Layout:
-    """Where the seeds of an ensemble live.
+    """Where the seeds of an ensemble live (equal layouts place the same seeds on the same devices).
 
     Attributes:
       mesh: device mesh with axes ``("seeds", "data")`` and shape ``(groups, data)``.
