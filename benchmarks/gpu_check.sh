@@ -7,7 +7,7 @@
 # Writes under $OUT (default ./gpu_out) exactly three files:
 #   gpu_check.json  every step's JSON result (or its error), keyed by step name, plus the environment
 #   gpu_check.log   every step's command line, stderr and timing
-#   summary.txt     one line per step: the figures the issue asks for
+#   summary.txt     one line per step: the figures to record, each with the device named
 #
 # Steps (each under its own `timeout`, so one failure does not lose the rest; a global deadline,
 # DEADLINE_S, default 450 s, skips what no longer fits): environment; `jaxscale bench throughput` for
@@ -38,7 +38,7 @@ trap 'rm -rf "$WORK"' EXIT
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 START=$(date +%s)
-# seconds for the whole script (the issue's budget is 8 minutes; a CPU smoke run gets longer)
+# seconds for the whole script (8 minutes on the GPU machine; a CPU smoke run gets longer)
 if [ "$SMOKE" = 1 ]; then DEADLINE=${DEADLINE_S:-1200}; else DEADLINE=${DEADLINE_S:-450}; fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1

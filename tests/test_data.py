@@ -325,8 +325,12 @@ def test_array_dataset_validates():
         ArrayDataset("t", x, np.zeros(3, np.int64), x, np.zeros(3, np.int32), 2, 255.0)
     with pytest.raises(ValueError, match="labels outside"):
         ArrayDataset("t", x, np.array([0, 1, 2], np.int32), x, np.zeros(3, np.int32), 2, 255.0)
-    with pytest.raises(ValueError, match="x_test must be a uint8"):
+    with pytest.raises(ValueError, match="x_test must be a uint8 or float32"):
+        ArrayDataset("t", x, np.zeros(3, np.int32), x.astype(np.float64), np.zeros(3, np.int32), 2, 255.0)
+    with pytest.raises(ValueError, match="train images uint8 and test images float32 differ in dtype"):
         ArrayDataset("t", x, np.zeros(3, np.int32), x.astype(np.float32), np.zeros(3, np.int32), 2, 255.0)
+    f = x.astype(np.float32)
+    assert ArrayDataset("t", f, np.zeros(3, np.int32), f, np.zeros(3, np.int32), 2, 1.0).input_shape == (2, 2, 1)
 
 
 # ------------------------------------------------------------------------------------------------

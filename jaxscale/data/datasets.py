@@ -66,6 +66,9 @@ class ArrayDataset:
                                  f"got {getattr(y, 'dtype', type(y))} {getattr(y, 'shape', '')}")
             if y.size and (y.min() < 0 or y.max() >= self.num_classes):
                 raise ValueError(f"{self.name}: y_{split} has labels outside [0, {self.num_classes})")
+        if self.x_train.dtype != self.x_test.dtype:
+            raise ValueError(f"{self.name}: train images {self.x_train.dtype} and test images {self.x_test.dtype} "
+                             f"differ in dtype")
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"{self.name}: train images {self.x_train.shape[1:]} and test images "
                              f"{self.x_test.shape[1:]} differ in shape")
