@@ -359,7 +359,10 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         key, text = pair.split("=", 1)
         try:
             out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
+        except tomllib.TOMLDecodeError as e:
+            if text.strip()[:1] in ("[", "{", '"', "'"):  # meant as a TOML list/table/string, but broken
+                raise UsageError(f"--set {key.strip()}=...: the value is not valid TOML ({e}); fix: write it as "
+                                 f"TOML, e.g. --set model.arch.convs=[8,16] or --set data.data_dir='DIR'") from None
             out[key.strip()] = text  # a bare word is a string: --set model.preset=cifar10
     return out
 

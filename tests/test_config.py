@@ -60,6 +60,10 @@ def test_missing_P():
 def test_overrides_parse_as_toml():
     assert parse_overrides(["train.lr=3e-4", "model.preset=cifar10", "train.P=[1,2]"]) == {
         "train.lr": 3e-4, "model.preset": "cifar10", "train.P": [1, 2]}
+    # a value meant as TOML but broken is an error, not silently a string (a path with a CR, say)
+    for text in ('["x\r"]', "[1, 2", "{a = 1", '"unterminated'):
+        with pytest.raises(UsageError, match="the value is not valid TOML"):
+            parse_overrides([f"data.data_dir={text}"])
 
 
 def _write(tmp_path, text):
