@@ -477,7 +477,7 @@ def check_raw_files(name: str, src_dir: str, stage_dir: str) -> list[str]:
             with open(dst, "wb") as f:
                 f.write(restored)
             continue
-        problems.append(f"{fname}: {len(data)} bytes, sha256 {_sha256(data)[:12]}…; expected {info.size} bytes, "
+        problems.append(f"{fname}: {len(data)} bytes, sha256 {_sha256(data)[:12]}…; expected {int(info.size)} bytes, "
                         f"sha256 {info.checksum[:12]}…")
     return problems
 
