@@ -99,6 +99,7 @@ def run(cfg: Config, out_dir: str | Path, *, progress: Optional[ProgressFn] = No
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         exp = experiment or build_experiment(cfg, dataset)
+        exp.batching  # plans the seed batching: a run that cannot fit is refused before anything is written
         setup_s = time.perf_counter() - t0
         c = cfg.checkpoint
         checkpoints = checkpoint_lib.Checkpoints(ck_dir, keep=c.keep, every_epochs=c.every_epochs,

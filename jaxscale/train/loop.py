@@ -44,7 +44,8 @@ ProgressFn = Callable[[dict], None]
 class Experiment:
     """Everything static about a run, built once from a validated config (see :func:`build_experiment`):
     the device ``layout``, how its seeds are batched (``batching``) and the run's jitted ``programs``
-    (:func:`make_programs`), already compiled for the first P."""
+    (:func:`make_programs`). The last two come from one plan (:func:`plan_programs`: compiles the
+    programs for the first P), made on first use and kept: building alone compiles nothing."""
 
     cfg: Config
     dataset: ArrayDataset
@@ -52,8 +53,19 @@ class Experiment:
     fns: step_lib.StepFns
     epochs_logged: np.ndarray
     layout: Layout
-    batching: Optional[SeedBatching] = None
-    programs: Optional[dict] = None
+
+    @functools.cached_property
+    def _plan(self) -> tuple[dict, SeedBatching]:
+        return plan_programs(self, self.layout)
+
+    @property
+    def batching(self) -> SeedBatching:
+        """How the seeds are batched; raises UsageError when one seed at a time does not fit."""
+        return self._plan[1]
+
+    @property
+    def programs(self) -> dict:
+        return self._plan[0]
 
     @property
     def strategy(self) -> str:
@@ -70,10 +82,9 @@ class Experiment:
 def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
                      layout: Optional[Layout] = None) -> Experiment:
     """Load the dataset (unless given), build the model and the step ingredients, and plan the run on
-    ``layout`` (default: planned from ``cfg.parallel`` over every device): how seeds are batched, from
-    XLA's memory analysis of the run's compiled programs (:func:`plan_programs`). Allocates nothing
-    on the devices. Raises UsageError for anything the config gets wrong that needs the dataset or
-    the model to see, and for a run that cannot fit in device memory."""
+    ``layout`` (default: planned from ``cfg.parallel`` over every device). Allocates nothing on the
+    devices. Raises UsageError for anything the config gets wrong that needs the dataset or the model
+    to see; whether the run fits in device memory is checked when ``batching`` is first read."""
     from jaxscale.data import load_dataset
     from jaxscale.data.presets import default_preprocessing
     from jaxscale.data.transforms import preprocess
@@ -110,11 +121,9 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
                   power_iterations=cfg.norms.power_iterations, every=cfg.norms.every)
     fns = step_lib.StepFns(spec=spec, tx=make_optimizer(cfg.train), prep_train=prep_train,
                            prep_eval=prep_eval, norms=norms)
-    exp = Experiment(cfg=cfg, dataset=dataset, spec=spec, fns=fns,
-                     epochs_logged=logged_epochs(cfg.train.epochs, cfg.train.log_points),
-                     layout=layout or plan_layout(cfg.parallel, cfg.train.seeds))
-    programs, batching = plan_programs(exp, exp.layout)
-    return dataclasses.replace(exp, batching=batching, programs=programs)
+    return Experiment(cfg=cfg, dataset=dataset, spec=spec, fns=fns,
+                      epochs_logged=logged_epochs(cfg.train.epochs, cfg.train.log_points),
+                      layout=layout or plan_layout(cfg.parallel, cfg.train.seeds))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,10 +138,10 @@ def stacked_seed_keys(seeds) -> dict[str, jax.Array]:
 
 def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str, Any]:
     """The run's jitted ensemble functions on ``layout`` (default: the experiment's), batching seeds
-    as planned: ``exp.programs`` on the experiment's layout (already compiled for the first P), else
-    planned for ``layout`` (:func:`plan_programs`). See :func:`build_programs`."""
+    as planned: ``exp.programs`` on the experiment's layout, else planned for ``layout``
+    (:func:`plan_programs`). See :func:`build_programs`."""
     layout = layout or exp.layout
-    if layout == exp.layout and exp.programs is not None:
+    if layout == exp.layout:
         return exp.programs
     return plan_programs(exp, layout)[0]
 
