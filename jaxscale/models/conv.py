@@ -24,7 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CONV_IMPLS = ("auto", "xla", "patches")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 

@@ -34,7 +34,6 @@ from jaxscale.train.optim import make_optimizer
 from jaxscale.train.preemption import Interrupted, StopFlag
 from jaxscale.train.schedule import logged_epochs
 from jaxscale.train.sharding import DATA, Layout, data_parallel_fns, distribute, local_rows, plan_layout
-from jaxscale.train.precision import resolve_precision
 from jaxscale.train.state import seed_keys
 
 ProgressFn = Callable[[dict], None]
@@ -89,11 +88,12 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
     from jaxscale.data.presets import default_preprocessing
     from jaxscale.data.transforms import preprocess
     from jaxscale.models import build_model
+    from jaxscale.models.registry import PRECISION_SETTINGS
 
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, path=cfg.data.path)
     check_against_dataset(cfg, dataset.n_train)
-    precision = resolve_precision(cfg.train.precision)
+    dtype, matmul = PRECISION_SETTINGS[cfg.train.precision]
     spec = build_model(
         cfg.model.family,
         cfg.model.preset,
@@ -101,8 +101,8 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
         num_classes=dataset.num_classes,
         init_factor=cfg.model.init_factor,
         init=cfg.model.init,
-        dtype=precision.dtype,
-        precision=precision.matmul,
+        dtype=dtype,
+        precision=matmul,
         conv_impl=cfg.model.conv_impl,
         **dict(cfg.model.arch),
     )
