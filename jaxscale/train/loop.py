@@ -29,7 +29,7 @@ from jaxscale.train import distributed
 from jaxscale.train import step as step_lib
 from jaxscale.train.checkpoint import Checkpoints
 from jaxscale.train.ensemble import SeedBatching, batching_kind, choose_group, memory_limit_bytes, peak_bytes, seed_map
-from jaxscale.norms import Norms
+from jaxscale.norms import NORM_NAMES, Norms
 from jaxscale.train.optim import make_optimizer
 from jaxscale.train.preemption import Interrupted, StopFlag
 from jaxscale.train.schedule import logged_epochs
@@ -70,12 +70,6 @@ class Experiment:
     def strategy(self) -> str:
         """How each device's seeds run, e.g. ``"loop"``, ``"vmap"``, ``"vmap (groups of 4 seeds)"``."""
         return str(self.batching)
-
-    @property
-    def norm_names(self) -> tuple[str, ...]:
-        from jaxscale.norms import NORM_NAMES
-
-        return NORM_NAMES
 
 
 def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
@@ -137,13 +131,9 @@ def stacked_seed_keys(seeds) -> dict[str, jax.Array]:
 
 
 def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str, Any]:
-    """The run's jitted ensemble functions on ``layout`` (default: the experiment's), batching seeds
-    as planned: ``exp.programs`` on the experiment's layout, else planned for ``layout``
-    (:func:`plan_programs`). See :func:`build_programs`."""
-    layout = layout or exp.layout
-    if layout == exp.layout:
-        return exp.programs
-    return plan_programs(exp, layout)[0]
+    """The run's jitted ensemble functions (:func:`build_programs`) on ``layout`` (default: the
+    experiment's: ``exp.programs``), batching seeds as :func:`plan_programs` plans them."""
+    return exp.programs if layout in (None, exp.layout) else plan_programs(exp, layout)[0]
 
 
 def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dict[str, Any]:
@@ -153,8 +143,7 @@ def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dic
 
     Per-seed arguments and outputs are global ``[seeds, ...]`` arrays (split over the layout's seed
     groups; the seed count must be a multiple of ``layout.groups``). ``eval``'s metrics and
-    ``nonfinite`` come back replicated, so every process can read all seeds. The returned dict also
-    holds the ``layout``.
+    ``nonfinite`` come back replicated, so every process can read all seeds.
     """
     fns = data_parallel_fns(exp.fns, DATA, layout.data)
     bs = exp.cfg.train.batch_size
@@ -197,7 +186,6 @@ def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dic
         return subsets_program(int(n_train), int(P))(data_keys)
 
     return {
-        "layout": layout,
         "init": distribute(init_block, layout, (0, 0, 0)),
         "subsets": subsets,
         "epoch": distribute(epoch_block, layout, (0, 0, None, None, None), donate_argnums=(0,)),
@@ -297,19 +285,9 @@ def training_fingerprint(cfg: Config) -> dict:
 EpochHook = Callable[[int, int, Any], Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class Resume:
-    """Where a run continues from: checkpoint ``step`` of P index ``P_index`` after ``epoch``."""
-
-    step: int
-    meta: dict
-    P_index: int
-    epoch: int
-
-
-def choose_resume(checkpoints: Checkpoints, cfg: Config) -> Optional[Resume]:
-    """The newest usable checkpoint of this training config, or ``None`` to start from scratch.
-    Raises :class:`UsageError` (and changes nothing) when the checkpoints belong to another config."""
+def choose_resume(checkpoints: Checkpoints, cfg: Config) -> Optional[tuple[int, dict]]:
+    """The newest usable checkpoint of this training config as ``(step, meta)``, or ``None`` to start
+    from scratch. Raises :class:`UsageError` (and changes nothing) when they belong to another config."""
     found = checkpoints.choose()
     if found is None:
         return None
@@ -318,57 +296,47 @@ def choose_resume(checkpoints: Checkpoints, cfg: Config) -> Optional[Resume]:
         raise UsageError(
             f"{checkpoints.directory} holds checkpoints of a different training config: resume with the "
             "config (and --set/--P/--seeds/--epochs flags) it was started with, or pass --restart to start over")
-    return Resume(step=step, meta=meta, P_index=int(meta["P_index"]), epoch=int(meta["epoch"]))
+    return step, meta
 
 
 class _Throughput:
-    """Training throughput and ETA: counts only synced training intervals, excluding each P's first
-    (compiling) epoch and the evaluations at logged epochs."""
+    """Training images/s and ETA, timed over synced training intervals only: each P's first
+    (compiling) epoch and the evaluations at logged epochs are left out."""
 
     def __init__(self, total_imgs: int):
-        self.total_imgs, self.done_imgs = total_imgs, 0
-        self.time, self.imgs = 0.0, 0  # finished Ps
+        self.left, self.time, self.imgs = total_imgs, 0.0, 0  # images to go; steady seconds and images
 
     def start_P(self, t_P: float) -> None:
-        self.t_P, self.compile_s, self.P_time, self.P_imgs = t_P, 0.0, 0.0, 0
+        self.t_P, self.P_start = t_P, (self.time, self.imgs)
         self.mark, self.pending = time.perf_counter(), 0
 
     def trained(self, imgs: int, first: bool) -> None:
-        self.done_imgs += imgs
-        if not first:
-            self.pending += imgs
+        self.left -= imgs
+        self.pending += 0 if first else imgs
 
     def synced(self, first: bool) -> None:
         now = time.perf_counter()
         if first:
             self.compile_s = now - self.t_P
         else:
-            self.P_time += now - self.mark
-            self.P_imgs += self.pending
+            self.time, self.imgs = self.time + now - self.mark, self.imgs + self.pending
         self.mark, self.pending = now, 0
 
-    def skip_interval(self) -> None:
-        """Time since the last sync was not training (evaluation)."""
-        self.mark = time.perf_counter()
-
     def rates(self) -> tuple[float, float]:
-        """(images/s, ETA seconds), NaN before any steady interval."""
-        t, i = self.time + self.P_time, self.imgs + self.P_imgs
-        if t <= 0:
-            return float("nan"), float("nan")
-        return i / t, (self.total_imgs - self.done_imgs) * t / i if i else float("nan")
+        """(images/s, ETA seconds) of the run so far, NaN before any steady interval."""
+        rate = self.imgs / self.time if self.time > 0 else float("nan")
+        return rate, self.left / rate if rate > 0 else float("nan")
 
-    def end_P(self) -> float:
-        self.time += self.P_time
-        self.imgs += self.P_imgs
-        return self.P_imgs / self.P_time if self.P_time > 0 else float("nan")
+    def P_rate(self) -> float:
+        """Images/s of the current P's steady intervals."""
+        t0, i0 = self.P_start
+        return (self.imgs - i0) / (self.time - t0) if self.time > t0 else float("nan")
 
 
 def run_experiment(
     exp: Experiment,
     *,
     progress: Optional[ProgressFn] = None,
-    programs: Optional[dict] = None,
     layout: Optional[Layout] = None,
     checkpoints: Optional[Checkpoints] = None,
     resume: Any = "auto",
@@ -382,11 +350,11 @@ def run_experiment(
         "epochs", "loss", "img_per_s", "eta_s", ...}``, plus ``"checkpoint"`` (``step``, ``P``,
         ``epoch``) after each save and ``"resume"`` (``step``, ``P``, ``P_index``, ``epoch``) when
         continuing from a checkpoint; training itself never prints.
-      programs: from :func:`make_programs` (built here if omitted, for ``layout``).
-      layout: device layout (default: planned from ``cfg.parallel`` over all devices).
+      layout: device layout (default: the experiment's).
       checkpoints: if given, resume from ``resume`` and save by its policy, plus always after the
         last epoch of the run (so results can be rewritten without training) and on ``stop``.
-      resume: a :class:`Resume` or ``None`` (start from scratch); ``"auto"``: :func:`choose_resume`.
+      resume: ``(step, meta)`` of a checkpoint or ``None`` (start from scratch); ``"auto"``:
+        :func:`choose_resume`.
       stop: checked after every epoch and before each P starts; when set, the run saves a checkpoint
         at that epoch boundary (if ``checkpoints``) and raises
         :class:`~jaxscale.train.preemption.Interrupted`.
@@ -395,10 +363,8 @@ def run_experiment(
     """
     cfg = exp.cfg
     T, S, Ps = cfg.train.epochs, cfg.train.seeds, cfg.train.P
-    if programs is not None:
-        layout = programs["layout"]
-    layout = layout or plan_layout(cfg.parallel, S)
-    programs = programs or make_programs(exp, layout)
+    layout = layout or exp.layout
+    programs = make_programs(exp, layout)
     if checkpoints is not None and resume == "auto":
         resume = choose_resume(checkpoints, cfg)
     run = _Run(exp, programs, layout, checkpoints, progress, stop)
@@ -431,7 +397,7 @@ class _Run:
         self.train_data = layout.put_replicated(ds.x_train), layout.put_replicated(ds.y_train.astype(np.int32))
         self.test_data = layout.put_replicated(ds.x_test), layout.put_replicated(ds.y_test.astype(np.int32))
         self.logged = {int(e): i for i, e in enumerate(exp.epochs_logged)}
-        self.curves = Curves.empty(self.Ps, self.seeds, exp.epochs_logged, exp.norm_names)
+        self.curves = Curves.empty(self.Ps, self.seeds, exp.epochs_logged, NORM_NAMES)
         self.stats = RunStats(layout=layout.describe())
         self.t_run = time.perf_counter()
         self.saved_step = -1
@@ -449,38 +415,41 @@ class _Run:
         self.subsets = self.programs["subsets"](self.keys["data"], self.exp.dataset.n_train, int(self.Ps[pi]))
         return self.programs["init"](self.keys["init"], self.keys["train"], self.keys["norms"])
 
-    def resume(self, resume: Optional[Resume]) -> tuple[int, int, Any]:
+    def resume(self, resume: Optional[tuple[int, dict]]) -> tuple[int, int, Any]:
         """Restore curves, statistics and (mid-P) the ensemble state of ``resume``; returns
         ``(P index, epochs done in it, restored state or None)``. A checkpoint that cannot be read
         back is unusable: an unverified one is reported, deleted and the run starts over; a verified
         one stops the run with the fix."""
         if resume is None:
             return 0, 0, None
+        step, meta = resume
+        pi, epoch = int(meta["P_index"]), int(meta["epoch"])
         try:
-            values = self.checkpoints.restore_curves(resume.step)
+            values = self.checkpoints.restore_curves(step)
             states = None
-            if 0 < resume.epoch < self.T:
-                states = _restore_state(self.checkpoints, resume.step, self.init(resume.P_index), self.layout)
+            if 0 < epoch < self.T:
+                states = _restore_state(self.checkpoints, step, int(meta["seeds_padded"]), self.init(pi),
+                                        self.layout)
         except Exception as e:  # noqa: BLE001 — any failure to read it back means unusable
             reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
-            if resume.step not in self.checkpoints.unverified:
-                raise UsageError(f"checkpoint {self.checkpoints.step_dir(resume.step)} could not be restored ({reason}): "
+            if step not in self.checkpoints.unverified:
+                raise UsageError(f"checkpoint {self.checkpoints.step_dir(step)} could not be restored ({reason}): "
                                  "pass --restart to start over") from None
-            self.checkpoints.discard(resume.step, f"unusable ({reason})")
+            self.checkpoints.discard(step, f"unusable ({reason})")
             return 0, 0, None
         for k, v in values.items():
             if k in self.curves.values and v.shape == self.curves.values[k].shape:
                 self.curves.values[k][...] = v
-        st = resume.meta["stats"]
+        st = meta["stats"]
         self.stats.per_P, self.stats.nonfinite = list(st["per_P"]), list(st["nonfinite"])
         self.stats.earlier_wall_s = float(st["wall_s"])
-        self.stats.resumed_from = {"step": resume.step, "P": int(self.Ps[resume.P_index]), "epoch": resume.epoch}
-        self.saved_step = resume.step
-        self._emit(event="resume", step=resume.step, P=int(self.Ps[resume.P_index]), P_index=resume.P_index,
-                   n_P=len(self.Ps), epoch=resume.epoch, epochs=self.T)
-        if resume.epoch >= self.T:  # that P was complete: continue with the next one
-            return resume.P_index + 1, 0, None
-        return resume.P_index, resume.epoch, states
+        self.stats.resumed_from = {"step": step, "P": int(self.Ps[pi]), "epoch": epoch}
+        self.saved_step = step
+        self._emit(event="resume", step=step, P=int(self.Ps[pi]), P_index=pi, n_P=len(self.Ps), epoch=epoch,
+                   epochs=self.T)
+        if epoch >= self.T:  # that P was complete: continue with the next one
+            return pi + 1, 0, None
+        return pi, epoch, states
 
     # -- per-P training --------------------------------------------------------------------------
 
@@ -506,13 +475,12 @@ class _Run:
                            img_per_s=img_s, eta_s=eta)
             if is_log:
                 states = self.evaluate(pi, epoch, states)
-                clock.skip_interval()  # evaluation time is not training throughput
+                clock.mark = time.perf_counter()  # evaluation time is not training throughput
             if epoch == T:
                 bad = np.asarray(jax.device_get(self.programs["nonfinite"](states)))[:S]
                 self.stats.nonfinite += [{"P": P, "seed": int(self.seeds[i])} for i in np.flatnonzero(bad)]
-                img_s = clock.end_P()
                 self.stats.per_P.append({"P": P, "wall_s": time.perf_counter() - clock.t_P,
-                                         "compile_s": clock.compile_s, "img_per_s": img_s})
+                                         "compile_s": clock.compile_s, "img_per_s": clock.P_rate()})
             self.stop_point(pi, epoch, states)
         self._emit(event="P_done", P=P, P_index=pi, n_P=len(self.Ps), wall_s=self.stats.per_P[-1]["wall_s"])
         return states
@@ -559,19 +527,16 @@ class _Run:
                           "wall_s": self.stats.earlier_wall_s + time.perf_counter() - self.t_run}}
 
 
-def _restore_state(checkpoints: Checkpoints, step: int, fresh: Any, layout: Layout) -> Any:
-    """Restore the ensemble state of checkpoint ``step`` into the shape of ``fresh`` (a freshly
-    initialised ensemble on ``layout``). A checkpoint written on a layout with another seed padding is
-    restored at its saved size and its real seeds are copied into ``fresh`` (padding seeds are
-    dropped anyway), so a run can resume on a different number of devices."""
-    saved_pad = int(checkpoints.read_meta(step)["seeds_padded"])
-    if saved_pad == layout.seeds_padded:
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layout.seed_sharding), fresh)
-        return checkpoints.restore_state(step, target)
+def _restore_state(checkpoints: Checkpoints, step: int, saved_pad: int, fresh: Any, layout: Layout) -> Any:
+    """Restore the ensemble state of checkpoint ``step``, saved with ``saved_pad`` seeds (padding
+    included), into the shape of ``fresh`` (a freshly initialised ensemble on ``layout``). A state
+    saved on a layout with another seed padding has its real seeds copied into ``fresh`` (padding
+    seeds are dropped anyway), so a run can resume on a different number of devices."""
     sharding = layout.seed_sharding if saved_pad % layout.groups == 0 else layout.replicated
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct((saved_pad,) + a.shape[1:], a.dtype, sharding=sharding), fresh)
-    saved = checkpoints.restore_state(step, target)
+    saved = checkpoints.restore_state(step, jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((saved_pad,) + a.shape[1:], a.dtype, sharding=sharding), fresh))
+    if saved_pad == layout.seeds_padded:
+        return saved
     n = min(saved_pad, layout.seeds_padded)
     merge = jax.jit(lambda old, new: jax.tree.map(lambda o, f: f.at[:n].set(o[:n]), old, new),
                     out_shardings=layout.seed_sharding)
