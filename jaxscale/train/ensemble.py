@@ -1,28 +1,19 @@
 """How S independent seeds become one program, and how many of them run side by side.
 
 :func:`seed_map` maps the SAME single-seed function (:mod:`jaxscale.train.step`) over a leading seed
-axis in one traced program, in one of three shapes (same numbers to float tolerance: XLA may order
-reductions differently):
+axis in one traced program: ``vmap`` over all seeds (one wide program: dense layers become batched
+matmuls, convolutions grouped convolutions or, with ``conv_impl="patches"``, batched matmuls; best
+where per-op launch cost dominates: GPUs, small models), a loop over seeds inside the program (no
+per-seed dispatch, one seed's activations in memory), or vmapped groups of K seeds looped. Same
+numbers to float tolerance (XLA may order reductions differently). A run picks the shape in two steps:
 
-* ``group=None``: ``jax.vmap`` over every seed — one wide program. Dense layers become batched
-  matmuls; convolutions become grouped convolutions (``conv_impl="xla"``) or batched matmuls
-  (``"patches"``). Best where per-op launch cost dominates (GPUs, small models).
-* ``group=1``: the seeds one after another inside the program (a ``fori_loop`` updating the stacked
-  state in place: no per-seed dispatch, no grouped convolutions, one seed's activations in memory).
-* ``group=K``: ``vmap`` over groups of K seeds, the groups looped as above (plus one remainder group
-  when K does not divide S): the widest program that fits in memory.
-
-A run picks the shape in two steps (:func:`batching_kind`, then :func:`choose_group`):
-
-1. a static rule per backend and model: ``"loop"`` for the convolutional families (CNN, ResNet) on
-   XLA:CPU, ``"vmap"`` otherwise (``parallel.ensemble`` may impose either). Measured on XLA:CPU
-   (benchmarks/RESULTS.md): one seed's epoch spends ~98 % of its time inside kernels, so batching
-   seeds removes no per-op overhead there, while vmap makes every tensor S times larger (falling out
-   of cache) and was slower than the loop;
-2. the group size: ``"loop"`` is K = 1; ``"vmap"`` is the largest K whose compiled programs fit in the
-   device's free memory, read from XLA's memory analysis of the run's own programs
-   (``jit(...).lower(...).compile().memory_analysis()``) — all seeds at once when they fit. A run
-   that does not fit even one seed at a time is refused before anything is allocated.
+1. :func:`batching_kind`, a static rule: ``"loop"`` for the convolutional families on XLA:CPU, where
+   one seed's epoch spends ~98 % of its time inside kernels (benchmarks/RESULTS.md), so batching
+   seeds removes no per-op overhead while vmap makes every tensor S times larger (falling out of
+   cache) and was slower; ``"vmap"`` otherwise;
+2. :func:`choose_group`: ``"vmap"`` takes the largest K whose compiled programs fit in the device's
+   free memory, from XLA's memory analysis of the run's own programs — all seeds at once when they
+   fit. A run that does not fit even one seed at a time is refused before anything is allocated.
 """
 
 from __future__ import annotations
