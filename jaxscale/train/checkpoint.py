@@ -239,8 +239,6 @@ class Checkpoints:
                 self.warn(f"checkpoint {self.step_dir(fallback)} has no checksum file (the process was stopped "
                           "right after saving it) and no verified checkpoint exists: using it unverified")
             for s, reason in bad:
-                if s == chosen:
-                    continue
                 if s > chosen:
                     self._delete(s, f"unusable ({reason})")
             if chosen < 0:
