@@ -186,10 +186,3 @@ def paper_rule(family: str, layers: tuple[WeightLayer, ...], params: Any) -> tup
                 layer, in_paper=family != "resnet" or i in (0, len(layers) - 1)))
     return tuple(out)
 
-
-def param_count(params: Any) -> int:
-    """Number of scalars in a pytree (arrays or ``jax.ShapeDtypeStruct``s, e.g. from ``jax.eval_shape``).
-
-    Pass ``variables["params"]`` to get the PyTorch ``parameters()`` count (BN running stats excluded).
-    """
-    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))

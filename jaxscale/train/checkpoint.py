@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import jax
 import numpy as np
 
 from jaxscale.io import save_json_atomic
@@ -159,8 +160,6 @@ class Checkpoints:
     def _check_space(self, state: Any, curves: dict[str, np.ndarray]) -> None:
         """Refuse a save the disk cannot hold before orbax starts it: a save that fails half-way
         fails in orbax's background threads, which then report it noisily at exit."""
-        import jax
-
         need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
         need += sum(np.asarray(v).nbytes for v in curves.values())
         free = shutil.disk_usage(self.directory).free

@@ -21,8 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscale.config import Config, check_against_dataset
-from jaxscale.data import ArrayDataset
+from jaxscale.data import ArrayDataset, load_dataset
+from jaxscale.data.presets import default_preprocessing
+from jaxscale.data.sampling import eval_batches, subset_indices
+from jaxscale.data.transforms import preprocess
 from jaxscale.errors import UsageError
+from jaxscale.models import build_model
+from jaxscale.models.registry import PRECISION_SETTINGS
 from jaxscale.models.spec import ModelSpec
 from jaxscale.results import Curves
 from jaxscale.train import distributed
@@ -78,12 +83,6 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
     ``layout`` (default: planned from ``cfg.parallel`` over every device). Allocates nothing on the
     devices. Raises UsageError for anything the config gets wrong that needs the dataset or the model
     to see; whether the run fits in device memory is checked when ``batching`` is first read."""
-    from jaxscale.data import load_dataset
-    from jaxscale.data.presets import default_preprocessing
-    from jaxscale.data.transforms import preprocess
-    from jaxscale.models import build_model
-    from jaxscale.models.registry import PRECISION_SETTINGS
-
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, path=cfg.data.path)
     check_against_dataset(cfg, dataset.n_train)
@@ -149,15 +148,15 @@ def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dic
     bs = exp.cfg.train.batch_size
     eval_bs = exp.cfg.data.eval_batch_size
 
-    def epoch_block(states, subsets, x, y, epoch):
-        f = functools.partial(step_lib.train_epoch, fns, bs)
-        return seed_map(f, (0, 0, None, None, None), group, inplace={0: 0})(states, subsets, x, y, epoch)
+    # per-seed (0) and shared (None) arguments: (states, subsets, x_train, y_train[, x_test, y_test], epoch)
+    epoch_axes, eval_axes = (0, 0, None, None, None), (0, 0, None, None, None, None, None)
+    epoch_block = seed_map(functools.partial(step_lib.train_epoch, fns, bs), epoch_axes, group, inplace={0: 0})
 
     def eval_one(state, subset, x_tr, y_tr, x_te, y_te, epoch):
         key = step_lib.eval_key(state, epoch)
-        tr_idx, tr_mask = _chunks(subset, eval_bs)
-        te_idx, te_mask = _chunks(jnp.arange(x_te.shape[0], dtype=jnp.int32), eval_bs)
-        tr = step_lib.evaluate(fns, state, tr_idx, tr_mask, x_tr, y_tr, jax.random.fold_in(key, 0))
+        tr_pos, tr_mask = _eval_chunks(subset.shape[0], eval_bs)
+        te_idx, te_mask = _eval_chunks(x_te.shape[0], eval_bs)
+        tr = step_lib.evaluate(fns, state, subset[tr_pos], tr_mask, x_tr, y_tr, jax.random.fold_in(key, 0))
         te = step_lib.evaluate(fns, state, te_idx, te_mask, x_te, y_te, jax.random.fold_in(key, 1))
         logs, norm_state = fns.norms.read(state.params, state.norm_state)
         out = {"train_error": tr["error"], "train_loss": tr["loss"], "test_error": te["error"],
@@ -169,17 +168,12 @@ def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dic
         out = {k: jnp.where(bad, jnp.nan, v.astype(jnp.float32)) for k, v in out.items()}
         return out, state.replace(norm_state=norm_state, nonfinite=bad)
 
-    def eval_block(states, subsets, x_tr, y_tr, x_te, y_te, epoch):
-        return seed_map(eval_one, (0, 0, None, None, None, None, None), group, inplace={1: 0})(
-            states, subsets, x_tr, y_tr, x_te, y_te, epoch)
-
+    eval_block = seed_map(eval_one, eval_axes, group, inplace={1: 0})
     # init runs once: a loop keeps one seed's peak memory and costs nothing measurable
     init_block = seed_map(functools.partial(step_lib.init_state, fns), (0, 0, 0), 1)
 
     @functools.lru_cache(maxsize=None)
     def subsets_program(n_train: int, P: int):
-        from jaxscale.data.sampling import subset_indices
-
         return distribute(jax.vmap(functools.partial(subset_indices, n_train=n_train, P=P)), layout, (0,))
 
     def subsets(data_keys, n_train, P):
@@ -188,9 +182,8 @@ def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dic
     return {
         "init": distribute(init_block, layout, (0, 0, 0)),
         "subsets": subsets,
-        "epoch": distribute(epoch_block, layout, (0, 0, None, None, None), donate_argnums=(0,)),
-        "eval": distribute(eval_block, layout, (0, 0, None, None, None, None, None),
-                           out_replicated=(True, False), donate_argnums=(0,)),
+        "epoch": distribute(epoch_block, layout, epoch_axes, donate_argnums=(0,)),
+        "eval": distribute(eval_block, layout, eval_axes, out_replicated=(True, False), donate_argnums=(0,)),
         "nonfinite": distribute(lambda s: s.nonfinite, layout, (0,), out_replicated=True),
     }
 
@@ -245,15 +238,11 @@ def _programs_bytes(exp: Experiment, programs: dict, layout: Layout) -> Optional
     return peak + (max(Ps) - Ps[0]) * layout.per_group * subsets.dtype.itemsize
 
 
-def _chunks(idx: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Pad ``idx [n]`` to ``[ceil(n/c), c]`` chunks with a float mask (static shapes)."""
-    n = idx.shape[0]
-    c = min(chunk, n)
-    n_chunks = -(-n // c)
-    pad = n_chunks * c - n
-    mask = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)]).reshape(n_chunks, c)
-    idx = jnp.concatenate([idx, jnp.zeros(pad, idx.dtype)]).reshape(n_chunks, c)
-    return idx, mask
+def _eval_chunks(n: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``range(n)`` in ``[ceil(n/c), c]`` chunks (``c = min(chunk, n)``: static shapes) with a float32
+    mask of the real entries (:func:`~jaxscale.data.sampling.eval_batches`)."""
+    idx, mask = eval_batches(n, min(chunk, n))
+    return idx, mask.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------
