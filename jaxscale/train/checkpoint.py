@@ -143,8 +143,9 @@ class Checkpoints:
     def _finish(self, step: int) -> None:
         try:
             self._mgr.wait_until_finished()
-            if self.step_dir(step).is_dir():  # max_to_keep may already have dropped it (keep=1)
-                save_json_atomic(self.step_dir(step) / CHECKSUM_FILE, {"sha256": file_digests(self.step_dir(step))})
+            step_dir = self.step_dir(step)
+            if step_dir.is_dir():  # max_to_keep may already have dropped it (keep=1)
+                save_json_atomic(step_dir / CHECKSUM_FILE, {"sha256": file_digests(step_dir)})
         except BaseException as e:  # reported on the main thread by _join_hasher
             self._hash_error = e
 

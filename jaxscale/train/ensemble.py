@@ -10,7 +10,7 @@ numbers to float tolerance (XLA may order reductions differently). A run picks t
 1. :func:`batching_kind`, a static rule: ``"loop"`` for the convolutional families on XLA:CPU, where
    one seed's epoch spends ~98 % of its time inside kernels (benchmarks/RESULTS.md), so batching
    seeds removes no per-op overhead while vmap makes every tensor S times larger (falling out of
-   cache) and was slower; ``"vmap"`` otherwise;
+   cache) and was slower; ``"vmap"`` otherwise (``parallel.ensemble`` may impose either);
 2. :func:`choose_group`: ``"vmap"`` takes the largest K whose compiled programs fit in the device's
    free memory, from XLA's memory analysis of the run's own programs — all seeds at once when they
    fit. A run that does not fit even one seed at a time is refused before anything is allocated.
