@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxscale.models.conv import Padding
+
 _HI = lax.Precision.HIGHEST
 
 # Up to this many iterations the loop is unrolled in Python (the in-step case, n_iter = 1 or 2: no
@@ -158,14 +160,10 @@ def block_power_iteration(
             sigma, v = one(v)
         return sigma, v
 
-    def body(_, carry):
-        return one(carry[1])
-
-    return lax.fori_loop(0, n_iter, body, (jnp.zeros((), v.dtype), v))
+    return lax.fori_loop(0, n_iter, lambda _, carry: one(carry[1]), (jnp.zeros((), v.dtype), v))
 
 
 Operator = tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]
-Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def dense_operator(kmat: jax.Array) -> Operator:

@@ -290,12 +290,10 @@ def distribute(
     in_axes = tuple(in_axes)
     if layout.api == "pmap":
         return _distribute_pmap(fn, layout, in_axes)
-    spec = lambda rep: PartitionSpec() if rep else PartitionSpec(SEEDS)  # noqa: E731
     in_specs = tuple(PartitionSpec(SEEDS) if a == 0 else PartitionSpec() for a in in_axes)
     mapped = jax.shard_map(fn, mesh=layout.mesh, in_specs=in_specs, out_specs=PartitionSpec(SEEDS),
                            check_vma=False)
-    out_shardings = jax.tree.map(
-        lambda rep: NamedSharding(layout.mesh, spec(rep)), out_replicated)
+    out_shardings = jax.tree.map(lambda rep: layout.replicated if rep else layout.seed_sharding, out_replicated)
     return jax.jit(mapped, out_shardings=out_shardings, donate_argnums=donate_argnums)
 
 
