@@ -23,6 +23,7 @@ import numpy as np
 from jaxscale.config import Config, to_toml
 from jaxscale.errors import UsageError
 from jaxscale.io import DirectoryLock, check_output_dir, save_text_atomic
+from jaxscale.norms import NORM_NAMES
 from jaxscale.results import Curves, environment_info, write_manifest
 from jaxscale.train import checkpoint as checkpoint_lib
 from jaxscale.train import distributed
@@ -130,7 +131,7 @@ def run(cfg: Config, out_dir: str | Path, *, progress: Optional[ProgressFn] = No
                 "ensemble_strategy": exp.strategy, "seed_batching": exp.batching.as_dict(),
                 "layout": stats.layout,
                 "logged_epochs": exp.epochs_logged.tolist(),
-                "norms": list(exp.norm_names),
+                "norms": list(NORM_NAMES),
             },
             "environment": environment_info(),
             "timing": {"setup_s": setup_s, "train_wall_s": stats.wall_s, "per_P": stats.per_P,

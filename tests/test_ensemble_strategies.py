@@ -175,8 +175,9 @@ def test_small_memory_limit_gives_smaller_groups_and_the_same_curves(digits):
     assert np.isfinite(a.values["test_error"]).all()
     for k, v in a.values.items():
         np.testing.assert_allclose(b.values[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    tight = build_experiment(config_from_dict(_raw(seeds=4, memory_limit_gb=1e-6)), digits)  # plans nothing yet
     with pytest.raises(UsageError, match="even one seed at a time"):
-        build_experiment(config_from_dict(_raw(seeds=4, memory_limit_gb=1e-6)), digits)
+        tight.batching
 
 
 def test_run_with_a_million_seeds_is_refused_up_front(tmp_path, capsys):

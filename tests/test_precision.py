@@ -28,14 +28,14 @@ def test_the_model_carries_its_matmul_precision():
     configured precision: HIGHEST (true fp32) under fp32, HIGH (TF32) and never HIGHEST under tf32,
     neither under bf16 (bf16 operands); and its activations are in the configured dtype."""
     from jaxscale.models import build_model
-    from jaxscale.train.precision import resolve_precision
+    from jaxscale.models.registry import PRECISION_SETTINGS
 
     x = jnp.zeros((2, 8, 8, 1))
     found = {}
     for p in ("fp32", "tf32", "bf16"):
-        prec = resolve_precision(p)
-        spec = build_model("cnn", "digits", input_shape=(8, 8, 1), num_classes=10, dtype=prec.dtype,
-                           precision=prec.matmul)
+        dtype, matmul = PRECISION_SETTINGS[p]
+        spec = build_model("cnn", "digits", input_shape=(8, 8, 1), num_classes=10, dtype=dtype,
+                           precision=matmul)
         params = jax.eval_shape(spec.init, jax.random.PRNGKey(0))
         with jax.default_matmul_precision("bfloat16"):
             txt = str(jax.make_jaxpr(lambda v, x: spec.apply(v, x, train=False)[0])(params, x))

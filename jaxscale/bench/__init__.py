@@ -6,21 +6,21 @@ from __future__ import annotations
 import argparse
 import json
 
-from jaxscale.config import ENSEMBLE_STRATEGIES, PRECISIONS
+from jaxscale.config import CONV_IMPLS, CONVENTIONS, ENSEMBLE_STRATEGIES, FAMILIES, PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="bench", required=True)
 
     t = sub.add_parser("throughput", help="img/s: one seed, S seeds sequentially, S seeds as one ensemble; MFU")
-    t.add_argument("--model", default="cnn", choices=("cnn", "resnet", "vit"))
+    t.add_argument("--model", default="cnn", choices=FAMILIES)
     t.add_argument("--dataset", default="cifar10", choices=("digits", "mnist", "cifar10", "cifar100"))
     t.add_argument("--preset", default=None, help="model preset (default: the dataset's)")
     t.add_argument("--seeds", type=int, default=8)
     t.add_argument("--P", type=int, default=512, help="training samples per timed epoch (default 512)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    t.add_argument("--conv-impl", default="auto", choices=("auto", "xla", "patches"))
+    t.add_argument("--conv-impl", default="auto", choices=CONV_IMPLS)
     t.add_argument("--strategies", default="loop,vmap",
                    help="seed batchings to time besides a run's choice: comma-separated loop, vmap, vmap:K "
                         "(vmapped groups of K seeds); default loop,vmap")
@@ -31,13 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.set_defaults(func=_throughput)
 
     n = sub.add_parser("norms", help="train-step time without/with in-graph norms, and the exact-SVD approach")
-    n.add_argument("--model", default="cnn", choices=("cnn", "resnet", "vit"))
+    n.add_argument("--model", default="cnn", choices=FAMILIES)
     n.add_argument("--dataset", default="cifar10", choices=("digits", "mnist", "cifar10", "cifar100"))
     n.add_argument("--seeds", type=int, default=8)
     n.add_argument("--steps", type=int, default=4, help="train steps per timed sample")
     n.add_argument("--repeats", type=int, default=5)
     n.add_argument("--power-iterations", type=int, default=1)
-    n.add_argument("--convention", default="paper", choices=("paper", "bartlett"))
+    n.add_argument("--convention", default="paper", choices=CONVENTIONS)
     n.add_argument("--json", action="store_true")
     n.set_defaults(func=_norms)
 

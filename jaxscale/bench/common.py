@@ -75,17 +75,17 @@ def matmul_peak_runner(precision: str = "fp32", sizes=(1024, 2048)) -> Callable[
     fp32, numpy's BLAS too) and returns ``{source: FLOP/s}`` — the device's matmul rate in
     ``precision``, to be measured in the same rounds as what it normalises.
 
-    The products use the model's precision (:func:`jaxscale.train.precision.resolve_precision`): fp32
+    The products use the model's precision (:data:`jaxscale.models.registry.PRECISION_SETTINGS`): fp32
     HIGHEST (true fp32 on GPUs), tf32 TF32, bf16 bf16 operands. numpy is included so that an XLA:CPU
     matmul slower than the machine's BLAS cannot flatter the MFU."""
-    from jaxscale.train.precision import resolve_precision
+    from jaxscale.models.registry import PRECISION_SETTINGS
 
-    prec = resolve_precision(precision)
+    dtype, matmul = PRECISION_SETTINGS[precision]
     progs = {}
     for n in sizes:
-        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(prec.dtype)
-        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(prec.dtype)
-        f = jax.jit(functools.partial(jnp.matmul, precision=prec.matmul))
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
+        f = jax.jit(functools.partial(jnp.matmul, precision=matmul))
         jax.block_until_ready(f(a, b))  # compile outside the timing
         progs[f"xla_{n}"] = (n, functools.partial(f, a, b))
         if jax.default_backend() == "cpu" and precision == "fp32":

@@ -21,11 +21,9 @@ from typing import Optional
 
 import numpy as np
 
+from jaxscale.config import FAMILIES
 from jaxscale.data.datasets import DATASETS, ArrayDataset
 from jaxscale.errors import UsageError
-
-#: model families with protocol presets
-FAMILIES = ("cnn", "resnet", "vit")
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)

@@ -14,8 +14,7 @@ overrides, validation, the paper convention's per-family layer rule).
 """
 
 from jaxscale.models.layers import WeightLayer, trace_layers
-from jaxscale.models.registry import FAMILIES, PRESETS, build_model, param_count, resolve_hyper
+from jaxscale.models.registry import FAMILIES, PRESETS, build_model
 from jaxscale.models.spec import ModelSpec
 
-__all__ = ["FAMILIES", "PRESETS", "ModelSpec", "WeightLayer", "build_model", "param_count", "resolve_hyper",
-           "trace_layers"]
+__all__ = ["FAMILIES", "PRESETS", "ModelSpec", "WeightLayer", "build_model", "trace_layers"]

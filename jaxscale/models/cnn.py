@@ -48,7 +48,7 @@ class CNN(nn.Module):
     init_factor: float = 1.0
     dtype: Any = jnp.float32
     conv_impl: str = "xla"  # see jaxscale.models.conv
-    precision: Any = None  # matmul precision (jaxscale.train.precision)
+    precision: Any = None  # matmul precision (registry.PRECISION_SETTINGS)
     conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
@@ -72,7 +72,7 @@ class CNN(nn.Module):
     def _conv(self, width: int, layer_fan_in: int, name: str) -> Conv2D:
         return Conv2D(
             width, (3, 3), strides=(1, 1), padding=_SAME, use_bias=True,
-            kernel_init=I.scaled(I.torch_default_kernel(), self.init_factor),
+            kernel_init=I.scaled(I.torch_default_kernel, self.init_factor),
             bias_init=I.torch_default_bias(layer_fan_in),
             dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl, name=name,
             precision=self.precision, chunk_bytes=self.conv_chunk_bytes,
@@ -81,7 +81,7 @@ class CNN(nn.Module):
     def _dense(self, width: int, layer_fan_in: int, name: str) -> nn.Dense:
         return nn.Dense(
             width,
-            kernel_init=I.scaled(I.torch_default_kernel(), self.init_factor),
+            kernel_init=I.scaled(I.torch_default_kernel, self.init_factor),
             bias_init=I.torch_default_bias(layer_fan_in),
             dtype=self.dtype, param_dtype=jnp.float32, name=name, precision=self.precision,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from jaxscale.errors import UsageError
 
 
@@ -21,8 +23,6 @@ def max_pool_2x2(x):
     Gradients differ only at exact ties inside a window (split evenly here, to the first element
     there); after a ReLU such ties are zeros, whose gradient the ReLU discards either way.
     """
-    import jax.numpy as jnp
-
     b, h, w, c = x.shape
     x = x[:, : h - h % 2, : w - w % 2, :]
     return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))

@@ -5,7 +5,7 @@ accelerators). ``impl="patches"`` writes the convolution as *patches × kernel*:
 the zero-padded input are concatenated along channels and multiplied by the kernel reshaped to
 ``(kh·kw·C_in, C_out)``. On XLA:CPU this matters twice (measured, see benchmarks/RESULTS.md):
 
-* inside a ``while`` loop (``lax.scan`` over the steps of an epoch, ``lax.map`` over seeds) XLA:CPU
+* inside a ``while`` loop (``lax.scan`` over the steps of an epoch, a ``fori_loop`` over seeds) XLA:CPU
   runs the backward convolutions on a slow path (jax-ml/jax#12868: 20–80x slower than outside a
   loop); the patches form has only slices and matmuls, whose gradients are slices and matmuls;
 * under ``jax.vmap`` over seeds a convolution becomes a grouped convolution, which XLA:CPU runs
@@ -24,7 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CONV_IMPLS = ("auto", "xla", "patches")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 

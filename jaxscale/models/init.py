@@ -75,16 +75,10 @@ def trunc_normal(std: float = 0.02, cut: float = 2.0) -> Initializer:
     return init
 
 
-def torch_default_kernel() -> Initializer:
-    """PyTorch's default ``nn.Linear``/``nn.Conv2d`` weight init: U(±1/√fan_in).
-
-    (kaiming-uniform with a = √5 reduces to exactly this bound.)
-    """
-
-    def init(key, shape, dtype=jnp.float32):
-        return uniform(1.0 / math.sqrt(fan_in(shape)))(key, shape, dtype)
-
-    return init
+def torch_default_kernel(key, shape, dtype=jnp.float32) -> jax.Array:
+    """PyTorch's default ``nn.Linear``/``nn.Conv2d`` weight init: U(±1/√fan_in) (kaiming-uniform with
+    a = √5 reduces to exactly this bound)."""
+    return uniform(1.0 / math.sqrt(fan_in(shape)))(key, shape, dtype)
 
 
 def torch_default_bias(layer_fan_in: int) -> Initializer:
@@ -92,22 +86,14 @@ def torch_default_bias(layer_fan_in: int) -> Initializer:
     return uniform(1.0 / math.sqrt(layer_fan_in))
 
 
-def kaiming_normal_fan_out() -> Initializer:
+def kaiming_normal_fan_out(key, shape, dtype=jnp.float32) -> jax.Array:
     """``kaiming_normal_(mode='fan_out', nonlinearity='relu')``: N(0, 2/fan_out), fan_out = out·kh·kw."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return normal(math.sqrt(2.0 / fan_out(shape)))(key, shape, dtype)
-
-    return init
+    return normal(math.sqrt(2.0 / fan_out(shape)))(key, shape, dtype)
 
 
-def xavier_uniform() -> Initializer:
+def xavier_uniform(key, shape, dtype=jnp.float32) -> jax.Array:
     """``xavier_uniform_``: U(±√(6/(fan_in+fan_out)))."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return uniform(math.sqrt(6.0 / (fan_in(shape) + fan_out(shape))))(key, shape, dtype)
-
-    return init
+    return uniform(math.sqrt(6.0 / (fan_in(shape) + fan_out(shape))))(key, shape, dtype)
 
 
 def scaled(init: Initializer, factor: float) -> Initializer:

@@ -100,12 +100,9 @@ def _conv_layer(m: nn.Module, name: str, x_shape: tuple) -> WeightLayer:
 
 
 def trace(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[WeightLayer, ...], Any, bool]:
-    """``(layers, variables, dropout)`` of ``module.init(key, *args, **kwargs)``, traced abstractly.
-
-    ``layers``: every ``nn.Dense`` and 2-D ``nn.Conv`` call in call order, named by module path
-    (``"block0/attn/in_proj"``); ``variables``: the init's ``jax.ShapeDtypeStruct`` pytree;
-    ``dropout``: whether an ``nn.Dropout`` with a positive rate is called.
-    """
+    """``(layers, variables, dropout)`` of ``module.init(key, *args, **kwargs)``, traced abstractly:
+    :func:`trace_layers`' layers (named by module path, e.g. ``"block0/attn/in_proj"``), the init's
+    ``jax.ShapeDtypeStruct`` pytree, and whether an ``nn.Dropout`` with a positive rate is called."""
     layers, dropout = [], []
 
     def record(next_fun, call_args, call_kwargs, context):

@@ -16,16 +16,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxscale.config import CONV_IMPLS, FAMILIES
 from jaxscale.models import cnn, resnet, vit
 from jaxscale.models.common import require
-from jaxscale.models.conv import CONV_IMPLS, PATCH_CHUNK_BYTES, resolve_conv_impl
+from jaxscale.models.conv import PATCH_CHUNK_BYTES, resolve_conv_impl
 from jaxscale.models.layers import WeightLayer, trace
 from jaxscale.models.spec import ModelSpec
 
 _FAMILY_MODULES = {"cnn": cnn, "resnet": resnet, "vit": vit}
-FAMILIES: tuple[str, ...] = tuple(_FAMILY_MODULES)
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {f: m.PRESETS for f, m in _FAMILY_MODULES.items()}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {f: _FAMILY_MODULES[f].PRESETS for f in FAMILIES}
 _DTYPES = ("float32", "bfloat16")
+
+#: ``train.precision`` -> the model's ``(dtype, precision)``: its compute dtype and the precision of
+#: its matmuls/convolutions. Parameters, optimiser state, logits, the loss and the norms stay float32
+#: (bf16 is mixed precision with fp32 master weights). ``fp32`` asks for HIGHEST because NVIDIA GPUs
+#: since Ampere default to TF32 for float32 operands, while the paper's PyTorch matmuls were true fp32;
+#: ``tf32`` asks for TF32 (HIGH); bf16 operands need no request. On CPU float32 is exact either way.
+PRECISION_SETTINGS = {"fp32": (jnp.float32, jax.lax.Precision.HIGHEST),
+                      "tf32": (jnp.float32, jax.lax.Precision.HIGH), "bf16": (jnp.bfloat16, None)}
 
 
 def _coerce(family: str, key: str, value: Any, reference: Any) -> Any:
@@ -89,7 +97,7 @@ def build_model(
       conv_impl: ``"xla"``, ``"patches"`` or ``"auto"`` (patches on CPU, xla elsewhere): how
         convolutions are computed (same function and parameters; see :mod:`jaxscale.models.conv`).
       precision: matmul/convolution precision of the model (a ``jax.lax.Precision``; None = JAX's
-        default; see :mod:`jaxscale.train.precision`).
+        default; see :data:`PRECISION_SETTINGS`).
       conv_chunk_bytes: patches convolution chunk size (:func:`jaxscale.models.conv.conv2d`).
       **overrides: replace single preset fields, e.g. ``convs=(8, 16)``, ``dropout=0.0``.
 
@@ -178,10 +186,3 @@ def paper_rule(family: str, layers: tuple[WeightLayer, ...], params: Any) -> tup
                 layer, in_paper=family != "resnet" or i in (0, len(layers) - 1)))
     return tuple(out)
 
-
-def param_count(params: Any) -> int:
-    """Number of scalars in a pytree (arrays or ``jax.ShapeDtypeStruct``s, e.g. from ``jax.eval_shape``).
-
-    Pass ``variables["params"]`` to get the PyTorch ``parameters()`` count (BN running stats excluded).
-    """
-    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))

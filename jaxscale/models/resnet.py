@@ -46,7 +46,7 @@ def _conv(width: int, kernel: int, stride: int, init_factor: float, dtype: Any, 
     return Conv2D(
         width, (kernel, kernel), strides=(stride, stride),
         padding=_PAD3 if kernel == 3 else _PAD1, use_bias=False,
-        kernel_init=I.scaled(I.kaiming_normal_fan_out(), init_factor),
+        kernel_init=I.scaled(I.kaiming_normal_fan_out, init_factor),
         dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name, **settings,
     )
 
@@ -102,7 +102,7 @@ class ResNet(nn.Module):
     init_factor: float = 1.0
     dtype: Any = jnp.float32
     conv_impl: str = "xla"  # see jaxscale.models.conv
-    precision: Any = None  # matmul precision (jaxscale.train.precision)
+    precision: Any = None  # matmul precision (registry.PRECISION_SETTINGS)
     conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact

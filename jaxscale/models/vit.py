@@ -27,9 +27,8 @@ import jax.numpy as jnp
 
 from jaxscale.models import init as I
 from jaxscale.models.conv import PATCH_CHUNK_BYTES, Conv2D
+from jaxscale.config import INITS  # noqa: F401 — ViT has both
 from jaxscale.models.common import require
-
-INITS = ("head", "old")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(patch=7, dim=128, depth=4, heads=4, mlp_dim=512),
@@ -44,7 +43,7 @@ def _weight_inits(init: str, factor: float) -> tuple[I.Initializer, I.Initialize
     """``(patch_conv_init, linear_init)`` for the chosen init scheme, init factor applied."""
     if init == "old":
         return I.scaled(I.trunc_normal(0.02), factor), I.scaled(I.trunc_normal(0.02), factor)
-    return I.scaled(I.kaiming_normal_fan_out(), factor), I.scaled(I.xavier_uniform(), factor)
+    return I.scaled(I.kaiming_normal_fan_out, factor), I.scaled(I.xavier_uniform, factor)
 
 
 def _linear(features: int, kernel_init: I.Initializer, dtype: Any, name: str, precision: Any) -> nn.Dense:
@@ -69,7 +68,7 @@ class MultiHeadSelfAttention(nn.Module):
     def __call__(self, x):
         b, n, d = x.shape
         hd = d // self.heads
-        qkv = _linear(3 * d, I.xavier_uniform(), self.dtype, "in_proj", self.precision)(x)  # unscaled: see module doc
+        qkv = _linear(3 * d, I.xavier_uniform, self.dtype, "in_proj", self.precision)(x)  # unscaled: see module doc
         # split Q | K | V along features, then each into contiguous per-head chunks of size D/heads
         q, k, v = (t.reshape(b, n, self.heads, hd) for t in jnp.split(qkv, 3, axis=-1))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision) / math.sqrt(hd)
@@ -116,7 +115,7 @@ class ViT(nn.Module):
     init_scheme: str = "head"  # ("init" would shadow Module.init)
     dtype: Any = jnp.float32
     conv_impl: str = "xla"  # see jaxscale.models.conv
-    precision: Any = None  # matmul precision (jaxscale.train.precision)
+    precision: Any = None  # matmul precision (registry.PRECISION_SETTINGS)
     conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact

@@ -6,14 +6,8 @@ Two conventions (see :mod:`jaxscale.norms.measures` for the exact formulas):
   * ``"bartlett"``: the textbook spectral complexity of Bartlett, Foster & Telgarsky (2017) over all
     weight layers, with convolutions' true operator norms — for any Flax model.
 
-In-graph use (pure, jittable, vmappable over a leading seed axis)::
-
-    norms = Norms(spec.layers, convention="paper", family=spec.family)   # settings, once
-    state = norms.init(params, key)                   # converged start vectors (Lanczos)
-    log_norms, state = norms.update(params, state)    # per train step
-    log_norms, state = norms.read(params, state)      # at a logged point: re-converged
-
-Reference / official approach: :func:`exact_norms` (full SVDs).
+In-graph use: :class:`Norms` (pure ``init`` / ``update`` / ``read``, jittable, vmappable over a
+leading seed axis). Reference / official approach: :func:`exact_norms` (full SVDs).
 """
 
 from jaxscale.norms.exact import conv_operator_matrix, exact_norms

@@ -2,25 +2,17 @@
 
 :func:`exact_norms` is the test reference for :class:`jaxscale.norms.Norms` and, in the ``paper``
 convention, *is* the official code's approach (a full singular-value decomposition of every
-flattened weight matrix, ``torch.linalg.svdvals`` there, ``jnp.linalg.svd(..., compute_uv=False)``
-here), so it doubles as the "official approach" timing in ``jaxscale bench norms``. It is a pure
-jnp function of the params (the ``Norms`` settings are static): jit it to run it on the same device
-as training. Precision follows the params dtype (enable ``jax_enable_x64`` and pass float64 params
+flattened weight matrix, ``torch.linalg.svdvals`` there), so it doubles as the "official approach"
+timing in ``jaxscale bench norms``. A pure jnp function of the params: jit it to run it on the
+training device. Precision follows the params dtype (pass float64 params under ``jax_enable_x64``
 for a float64 reference, as the official ViT code does).
 
-How σ is obtained:
-  * ``paper`` (every family), and dense layers under ``bartlett``: the largest singular value of
-    the PyTorch-layout matrix ``WeightLayer.matrix(params)`` by full SVD.
-  * conv layers under ``bartlett`` (the true operator norm of the convolution):
-      - when the operator matrix has at most ``dense_limit`` entries
-        (``H_out·W_out·C_out · H·W·C_in``, default 2**22): the operator is built explicitly (its
-        Jacobian, :func:`conv_operator_matrix`) and σ is its largest singular value by full SVD;
-      - otherwise (real ResNet shapes: the 32·32·64-dimensional operator has 4·10⁹ entries)
-        ``ref_krylov`` (default 256) steps of Lanczos bidiagonalisation with full
-        reorthogonalisation from a fixed start vector (:func:`jaxscale.norms.power.lanczos_top`)
-        — a lower bound on σ; on the MNIST CNN's 28×28×32 conv operator 128 steps leave 1.3e-5 and
-        256 agree with 512 to float32 precision. Workspace: 256·(n_in + n_out) floats per conv
-        (135 MB for a 32×32×64 → 32×32×64 ResNet conv).
+A bartlett conv's σ is its true operator norm: by full SVD of the explicit operator
+(:func:`conv_operator_matrix`) when small enough, else (real ResNet shapes: the 32·32·64-dimensional
+operator has 4·10⁹ entries) by Lanczos bidiagonalisation with full reorthogonalisation
+(:func:`jaxscale.norms.power.lanczos_top`) — a lower bound; on the MNIST CNN's 28×28×32 conv
+operator 128 steps leave 1.3e-5 and 256 agree with 512 to float32 precision. Workspace: 256·(n_in +
+n_out) floats per conv (135 MB for a 32×32×64 → 32×32×64 ResNet conv).
 """
 
 from __future__ import annotations

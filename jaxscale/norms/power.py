@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxscale.models.conv import Padding
+
 _HI = lax.Precision.HIGHEST
 
 # Up to this many iterations the loop is unrolled in Python (the in-step case, n_iter = 1 or 2: no
@@ -43,7 +45,6 @@ _UNROLL_MAX = 4
 
 
 def _norm(x: jax.Array) -> jax.Array:
-    """Euclidean norm of an array of any shape (flattened), as a scalar."""
     return jnp.sqrt(jnp.vdot(x, x).real)
 
 
@@ -123,12 +124,8 @@ def block_power_iteration(
         V ← orth(W)                  (Householder QR, top row first)
 
     ``σ̂`` is the single-vector estimate (module docstring) of the top Ritz vector: at least the
-    top Ritz value √θ₀ (itself a lower bound), exact once span(V) contains the top right singular
-    vector. With ``k = 1`` this is plain power iteration (up to the sign of ``v``). Cost per
-    iteration: one batched ``apply`` and ``apply_t`` on ``k`` vectors, a ``k×k`` eigh and a
-    ``k``-row QR.
-
-    Degenerate inputs: if ``A V = 0`` (an all-zero layer) the estimate is 0 and ``V`` is kept.
+    top Ritz value √θ₀, exact once span(V) contains the top right singular vector. ``k = 1`` is
+    plain power iteration (up to the sign of ``v``).
 
     Args:
       apply: ``X -> A X`` on a batch (input ``[k, *shape]`` → ``[k, *out_shape]``).
@@ -163,14 +160,10 @@ def block_power_iteration(
             sigma, v = one(v)
         return sigma, v
 
-    def body(_, carry):
-        return one(carry[1])
-
-    return lax.fori_loop(0, n_iter, body, (jnp.zeros((), v.dtype), v))
+    return lax.fori_loop(0, n_iter, lambda _, carry: one(carry[1]), (jnp.zeros((), v.dtype), v))
 
 
 Operator = tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]
-Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 def dense_operator(kmat: jax.Array) -> Operator:

@@ -26,9 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxscale.config import CONVENTIONS, FAMILIES as PAPER_FAMILIES  # the official code's three families
 from jaxscale.errors import UsageError
+from jaxscale.models.common import require
 from jaxscale.models.layers import WeightLayer
-from jaxscale.models.registry import FAMILIES as PAPER_FAMILIES  # the official code's three
 from jaxscale.norms.measures import assemble, kernel_as_matrix, layer_stats
 from jaxscale.norms.power import (
     _orthonormal_rows,
@@ -38,7 +39,6 @@ from jaxscale.norms.power import (
     lanczos_top,
 )
 
-CONVENTIONS = ("paper", "bartlett")
 # Vectors per layer. Along training the top singular values are nearly degenerate and cross; a
 # block of 4 keeps the in-step σ (1 iteration per step) within 1e-3 where a single vector lagged
 # by up to 10 % (digits CNN, Adam 1e-3). A dense kernel is read once per application whatever the
@@ -63,14 +63,9 @@ class NormState:
     block: int = flax.struct.field(pytree_node=False, default=DEFAULT_BLOCK)
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise UsageError(message)
-
-
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    _require(not isinstance(value, bool) and isinstance(value, int) and value >= minimum,
-             f"norms {name} must be an integer >= {minimum}, got {value!r}; use e.g. {max(minimum, 1)}")
+    require(not isinstance(value, bool) and isinstance(value, int) and value >= minimum,
+            f"norms {name} must be an integer >= {minimum}, got {value!r}; use e.g. {max(minimum, 1)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,26 +111,26 @@ class Norms:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))
-        _require(self.convention in CONVENTIONS,
-                 f"unknown norm convention {self.convention!r}; use one of {', '.join(CONVENTIONS)}")
-        _require(self.convention == "bartlett" or self.family in PAPER_FAMILIES,
-                 f"the paper convention is defined for the {', '.join(PAPER_FAMILIES)} families, "
-                 f"not {self.family!r}; use convention='bartlett' for other models")
+        require(self.convention in CONVENTIONS,
+                f"unknown norm convention {self.convention!r}; use one of {', '.join(CONVENTIONS)}")
+        require(self.convention == "bartlett" or self.family in PAPER_FAMILIES,
+                f"the paper convention is defined for the {', '.join(PAPER_FAMILIES)} families, "
+                f"not {self.family!r}; use convention='bartlett' for other models")
         for name in ("block", "power_iterations", "krylov_dim", "conv_krylov_dim"):
             _positive_int(name, getattr(self, name))
         _positive_int("every", self.every, minimum=0)
         names = [layer.name for layer in self.layers]
         dup = sorted({n for n in names if names.count(n) > 1})
-        _require(not dup, f"weight layers must have unique names, repeated: {', '.join(dup)}; "
-                          "rename them (they key the norm state)")
+        require(not dup, f"weight layers must have unique names, repeated: {', '.join(dup)}; "
+                         "rename them (they key the norm state)")
         for layer in self.layers:
-            _require(layer.kind in ("dense", "conv"),
-                     f"layer {layer.name!r} has kind {layer.kind!r}; use 'dense' or 'conv'")
-            _require(self.convention == "paper" or layer.kind == "dense" or layer.input_hw is not None,
-                     f"conv layer {layer.name!r} has no input_hw, which the bartlett convention needs "
-                     "for the conv's operator norm; set input_hw=(H, W) (trace_layers does)")
-        _require(bool(self.used), f"no weight layers to measure under the {self.convention!r} "
-                                  "convention; pass the model's layers (trace_layers)")
+            require(layer.kind in ("dense", "conv"),
+                    f"layer {layer.name!r} has kind {layer.kind!r}; use 'dense' or 'conv'")
+            require(self.convention == "paper" or layer.kind == "dense" or layer.input_hw is not None,
+                    f"conv layer {layer.name!r} has no input_hw, which the bartlett convention needs "
+                    "for the conv's operator norm; set input_hw=(H, W) (trace_layers does)")
+        require(bool(self.used), f"no weight layers to measure under the {self.convention!r} "
+                                 "convention; pass the model's layers (trace_layers)")
 
     @property
     def used(self) -> tuple[WeightLayer, ...]:
@@ -197,9 +192,9 @@ class Norms:
                 f"({exc!r}); pass the model's 'params' collection (per seed) or fix the layer path"
             ) from None
         want = 2 if layer.kind == "dense" else 4
-        _require(k.ndim == want,
-                 f"weight layer {layer.name!r} ({layer.kind}) has a kernel of shape {tuple(k.shape)}, "
-                 f"expected {want} dims; call the norms per seed (vmap over the seed axis)")
+        require(k.ndim == want,
+                f"weight layer {layer.name!r} ({layer.kind}) has a kernel of shape {tuple(k.shape)}, "
+                f"expected {want} dims; call the norms per seed (vmap over the seed axis)")
         return k
 
     def _block_shape(self, layer: WeightLayer, kernel_shape: tuple) -> tuple:
@@ -219,18 +214,18 @@ class Norms:
 
     def _checked(self, params: Any, state: NormState) -> dict[str, jax.Array]:
         """``{name: kernel}`` after rejecting a state built for another model or convention."""
-        _require(isinstance(state, NormState) and state.convention == self.convention,
-                 f"norm state must be a NormState of the {self.convention!r} convention, got "
-                 f"{getattr(state, 'convention', type(state).__name__)!r}; rebuild it with Norms.init")
+        require(isinstance(state, NormState) and state.convention == self.convention,
+                f"norm state must be a NormState of the {self.convention!r} convention, got "
+                f"{getattr(state, 'convention', type(state).__name__)!r}; rebuild it with Norms.init")
         kernels = {layer.name: self._kernel(layer, params) for layer in self.used}
-        _require(set(state.vectors) == set(kernels),
-                 f"norm state layers {sorted(state.vectors)} do not match the model's layers "
-                 f"{sorted(kernels)}; rebuild the state with Norms.init for this model")
+        require(set(state.vectors) == set(kernels),
+                f"norm state layers {sorted(state.vectors)} do not match the model's layers "
+                f"{sorted(kernels)}; rebuild the state with Norms.init for this model")
         for layer in self.used:
             got = tuple(state.vectors[layer.name].shape)
             want = self._block_shape(layer, kernels[layer.name].shape)
-            _require(got == want, f"norm state vector for layer {layer.name!r} has shape {got}, "
-                                  f"expected {want}; rebuild it with Norms.init (and vmap over seeds)")
+            require(got == want, f"norm state vector for layer {layer.name!r} has shape {got}, "
+                                 f"expected {want}; rebuild it with Norms.init (and vmap over seeds)")
         return kernels
 
     def _converge(self, params: Any, state: NormState) -> NormState:

@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import jax
 import numpy as np
 
 from jaxscale.io import save_json_atomic
@@ -52,16 +53,9 @@ def file_digests(step_dir: Path) -> dict[str, str]:
     out = {}
     for p in sorted(step_dir.rglob("*")):
         if p.is_file() and p.name != CHECKSUM_FILE:
-            h = hashlib.sha256()
             with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            out[str(p.relative_to(step_dir))] = h.hexdigest()
+                out[str(p.relative_to(step_dir))] = hashlib.file_digest(f, "sha256").hexdigest()
     return out
-
-
-def write_checksums(step_dir: Path) -> None:
-    save_json_atomic(step_dir / CHECKSUM_FILE, {"sha256": file_digests(step_dir)})
 
 
 def verify(step_dir: Path) -> Optional[str]:
@@ -81,10 +75,6 @@ def verify(step_dir: Path) -> Optional[str]:
         if actual[name] != recorded[name]:
             return f"file {name} does not match its checksum (corrupted or truncated)"
     return None
-
-
-def _default_warn(message: str) -> None:
-    warnings.warn(message, CheckpointWarning, stacklevel=3)
 
 
 class Checkpoints:
@@ -108,7 +98,7 @@ class Checkpoints:
 
         self.directory = Path(directory).absolute()
         self.every_epochs, self.every_minutes = every_epochs, every_minutes
-        self.warn = warn or _default_warn
+        self.warn = warn or (lambda message: warnings.warn(message, CheckpointWarning, stacklevel=3))
         self._primary = distributed.is_primary()
         self._ocp = ocp
         self._mgr = ocp.CheckpointManager(
@@ -153,8 +143,9 @@ class Checkpoints:
     def _finish(self, step: int) -> None:
         try:
             self._mgr.wait_until_finished()
-            if self.step_dir(step).is_dir():  # max_to_keep may already have dropped it (keep=1)
-                write_checksums(self.step_dir(step))
+            step_dir = self.step_dir(step)
+            if step_dir.is_dir():  # max_to_keep may already have dropped it (keep=1)
+                save_json_atomic(step_dir / CHECKSUM_FILE, {"sha256": file_digests(step_dir)})
         except BaseException as e:  # reported on the main thread by _join_hasher
             self._hash_error = e
 
@@ -170,8 +161,6 @@ class Checkpoints:
     def _check_space(self, state: Any, curves: dict[str, np.ndarray]) -> None:
         """Refuse a save the disk cannot hold before orbax starts it: a save that fails half-way
         fails in orbax's background threads, which then report it noisily at exit."""
-        import jax
-
         need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
         need += sum(np.asarray(v).nbytes for v in curves.values())
         free = shutil.disk_usage(self.directory).free
@@ -250,8 +239,6 @@ class Checkpoints:
                 self.warn(f"checkpoint {self.step_dir(fallback)} has no checksum file (the process was stopped "
                           "right after saving it) and no verified checkpoint exists: using it unverified")
             for s, reason in bad:
-                if s == chosen:
-                    continue
                 if s > chosen:
                     self._delete(s, f"unusable ({reason})")
             if chosen < 0:
@@ -287,19 +274,14 @@ class Checkpoints:
         return {k: np.asarray(v) for k, v in r["curves"].items()}
 
 
-def is_own(path: Path) -> bool:
-    """Whether ``path`` (in a checkpoint directory) is something jaxscale wrote: a step directory
-    (digits) or orbax's temporary folder of an interrupted save."""
-    return path.is_dir() and re.fullmatch(r"\d+(\.orbax-checkpoint-tmp.*)?", path.name) is not None
-
-
 def wipe(directory: str | Path) -> None:
-    """Delete the checkpoints of a run directory: its step folders only (anything else a user put
-    there stays, and the folder goes only once empty); process 0 only, the others wait."""
+    """Delete the checkpoints of a run directory: its step folders (digits) and orbax's temporary
+    folders of interrupted saves only (anything else a user put there stays, and the folder goes
+    only once empty); process 0 only, the others wait."""
     directory = Path(directory)
     if distributed.is_primary() and directory.is_dir():
         for p in directory.iterdir():
-            if is_own(p):
+            if p.is_dir() and re.fullmatch(r"\d+(\.orbax-checkpoint-tmp.*)?", p.name):
                 shutil.rmtree(p)
         with contextlib.suppress(OSError):
             directory.rmdir()  # only if empty

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
+import time
 from typing import Mapping, Optional
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxscale.errors import UsageError
 
@@ -90,9 +94,6 @@ def _wait_for_coordinator(spec: ClusterSpec) -> None:
     """Block until the coordinator accepts connections, or raise UsageError after ``spec.timeout_s``.
     jax.distributed aborts the whole process (no Python exception) when it cannot connect in time,
     so a process other than 0 checks first."""
-    import socket
-    import time
-
     host, port = host_port(spec.coordinator)
     try:
         socket.getaddrinfo(host, port)
@@ -114,8 +115,6 @@ def initialize(spec: Optional[ClusterSpec]) -> None:
     """Join the cluster described by ``spec`` (no-op for ``None``). Must precede any device use."""
     if spec is None:
         return
-    import jax
-
     if not spec.auto and spec.process_id != 0:
         _wait_for_coordinator(spec)
     try:
@@ -132,39 +131,25 @@ def initialize(spec: Optional[ClusterSpec]) -> None:
 
 def is_primary() -> bool:
     """Process 0: the one that writes results files."""
-    import jax
-
     return jax.process_index() == 0
 
 
 def barrier(name: str) -> None:
     """Wait until every process reaches this point (no-op for one process)."""
-    import jax
-
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
 def any_process(flag: bool) -> bool:
     """True if ``flag`` is true on any process (e.g. a preemption signal that reached only some of
     them): all processes must stop at the same epoch, or the next collective would hang."""
-    import jax
-
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
-
     return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
 
 
 def broadcast_int(value: int) -> int:
     """Process 0's ``value`` on every process."""
-    import jax
-
     if jax.process_count() == 1:
         return int(value)
-    from jax.experimental import multihost_utils
-
     return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))

@@ -1,28 +1,19 @@
 """How S independent seeds become one program, and how many of them run side by side.
 
 :func:`seed_map` maps the SAME single-seed function (:mod:`jaxscale.train.step`) over a leading seed
-axis in one traced program, in one of three shapes (same numbers to float tolerance: XLA may order
-reductions differently):
+axis in one traced program: ``vmap`` over all seeds (one wide program: dense layers become batched
+matmuls, convolutions grouped convolutions or, with ``conv_impl="patches"``, batched matmuls; best
+where per-op launch cost dominates: GPUs, small models), a loop over seeds inside the program (no
+per-seed dispatch, one seed's activations in memory), or vmapped groups of K seeds looped. Same
+numbers to float tolerance (XLA may order reductions differently). A run picks the shape in two steps:
 
-* ``group=None``: ``jax.vmap`` over every seed — one wide program. Dense layers become batched
-  matmuls; convolutions become grouped convolutions (``conv_impl="xla"``) or batched matmuls
-  (``"patches"``). Best where per-op launch cost dominates (GPUs, small models).
-* ``group=1``: the seeds one after another inside the program (a ``fori_loop`` updating the stacked
-  state in place: no per-seed dispatch, no grouped convolutions, one seed's activations in memory).
-* ``group=K``: ``vmap`` over groups of K seeds, the groups looped as above (plus one remainder group
-  when K does not divide S): the widest program that fits in memory.
-
-A run picks the shape in two steps (:func:`batching_kind`, then :func:`choose_group`):
-
-1. a static rule per backend and model: ``"loop"`` for the convolutional families (CNN, ResNet) on
-   XLA:CPU, ``"vmap"`` otherwise (``parallel.ensemble`` may impose either). Measured on XLA:CPU
-   (benchmarks/RESULTS.md): one seed's epoch spends ~98 % of its time inside kernels, so batching
-   seeds removes no per-op overhead there, while vmap makes every tensor S times larger (falling out
-   of cache) and was slower than the loop;
-2. the group size: ``"loop"`` is K = 1; ``"vmap"`` is the largest K whose compiled programs fit in the
-   device's free memory, read from XLA's memory analysis of the run's own programs
-   (``jit(...).lower(...).compile().memory_analysis()``) — all seeds at once when they fit. A run
-   that does not fit even one seed at a time is refused before anything is allocated.
+1. :func:`batching_kind`, a static rule: ``"loop"`` for the convolutional families on XLA:CPU, where
+   one seed's epoch spends ~98 % of its time inside kernels (benchmarks/RESULTS.md), so batching
+   seeds removes no per-op overhead while vmap makes every tensor S times larger (falling out of
+   cache) and was slower; ``"vmap"`` otherwise (``parallel.ensemble`` may impose either);
+2. :func:`choose_group`: ``"vmap"`` takes the largest K whose compiled programs fit in the device's
+   free memory, from XLA's memory analysis of the run's own programs — all seeds at once when they
+   fit. A run that does not fit even one seed at a time is refused before anything is allocated.
 """
 
 from __future__ import annotations
@@ -54,28 +45,19 @@ def batching_kind(requested: str, family: str, backend: Optional[str] = None) ->
 # Mapping a single-seed function over seeds
 
 
-def _split_args(args: Sequence[Any], in_axes: tuple) -> tuple:
-    return tuple(a for a, ax in zip(args, in_axes) if ax == 0)
-
-
-def _merge_args(args: Sequence[Any], in_axes: tuple, per_seed: Sequence[Any]) -> list:
-    it = iter(per_seed)
-    return [next(it) if ax == 0 else a for a, ax in zip(args, in_axes)]
-
-
 def seed_map(fn: Callable, in_axes: Sequence[Any], group: Optional[int] = None,
              inplace: Optional[Mapping[int, int]] = None) -> Callable:
     """Map ``fn(*args)`` over axis 0 of the args whose ``in_axes`` entry is 0 (others are shared), as a
     *traceable* function (put it inside ``jit``/``shard_map``). Outputs gain a leading seed axis.
 
-    ``group``: ``None`` = ``jax.vmap`` over all seeds; ``K >= 1`` = a loop over groups of K seeds,
-    ``vmap`` inside a group (K = 1: no vmap; K >= S: one group).
+    ``group``: ``None`` = ``jax.vmap`` over all seeds; ``K >= 1`` = a ``fori_loop`` over groups of K
+    seeds, ``vmap`` inside a group (K = 1: no vmap; K >= S: one group; a remainder group runs once
+    after the loop), each group's outputs written into stacked buffers.
 
     ``inplace``: ``{output position: argument position}`` (``fn`` then returns a tuple) — outputs with
     the per-seed structure of a per-seed argument, such as the new train state of an epoch for the old
-    one. The loop then carries that argument through a ``fori_loop`` over the groups and overwrites
-    their slots in place, so a donated stacked state is updated where it lies instead of being sliced
-    into a second stacked copy (``lax.map``'s outputs): one ensemble state in memory instead of two.
+    one. The loop writes them into that argument's buffers, so a donated stacked state is updated
+    where it lies instead of into a second stacked copy: one ensemble state in memory instead of two.
     ``group=None`` ignores it. Same values either way.
     """
     in_axes = tuple(in_axes)
@@ -86,84 +68,49 @@ def seed_map(fn: Callable, in_axes: Sequence[Any], group: Optional[int] = None,
     if group < 1:
         raise ValueError(f"group must be None or >= 1, got {group}")
     inplace = dict(inplace or {})
-    for j in inplace.values():
-        if in_axes[j] != 0:
-            raise ValueError(f"inplace argument {j} must be per-seed (in_axes 0)")
+    if any(in_axes[j] != 0 for j in inplace.values()):
+        raise ValueError(f"inplace arguments must be per-seed (in_axes 0), got {inplace}")
+    # without in-place outputs fn may return any pytree: it is then the one output
+    tupled = fn if inplace else (lambda *a: (fn(*a),))
 
     def mapped(*args):
         if len(args) != len(in_axes):
             raise TypeError(f"expected {len(in_axes)} arguments, got {len(args)}")
-        if inplace:
-            return _inplace_map(fn, args, in_axes, inplace, group)
+        n = jax.tree.leaves([a for a, ax in zip(args, in_axes) if ax == 0])[0].shape[0]
+        k = min(group, n)
+        call = tupled if k == 1 else jax.vmap(tupled, in_axes=in_axes)
 
-        def one(sliced):
-            return fn(*_merge_args(args, in_axes, sliced))
+        def run_group(start, size, bufs):
+            cur = list(args)
+            for pos, j in inplace.items():
+                cur[j] = bufs[pos]  # read from the buffers being written: no second copy
 
-        # lax.map's batch_size: vmap over groups of K seeds, a loop over the groups (and one vmapped
-        # call for a remainder group when K does not divide S)
-        return jax.lax.map(one, _split_args(args, in_axes), batch_size=group if group > 1 else None)
+            def take(a):
+                return (jax.lax.dynamic_index_in_dim(a, start, 0, keepdims=False) if k == 1
+                        else jax.lax.dynamic_slice_in_dim(a, start, size, 0))
+
+            def put(b, v):
+                v = v.astype(b.dtype)
+                return (jax.lax.dynamic_update_index_in_dim(b, v, start, 0) if k == 1
+                        else jax.lax.dynamic_update_slice_in_dim(b, v, start, 0))
+
+            outs = call(*[jax.tree.map(take, a) if ax == 0 else a for a, ax in zip(cur, in_axes)])
+            return [jax.tree.map(put, b, o) for b, o in zip(bufs, outs)]
+
+        # the other outputs' stacked buffers, shaped from seed 0's abstract outputs
+        shapes = jax.eval_shape(lambda *a: tupled(*[jax.tree.map(lambda x: x[0], x) if ax == 0 else x
+                                                    for x, ax in zip(a, in_axes)]), *args)
+        if not isinstance(shapes, tuple):
+            raise TypeError("seed_map(..., inplace=...) needs fn to return a tuple")
+        bufs = [args[inplace[pos]] if pos in inplace else
+                jax.tree.map(lambda s: jnp.zeros((n,) + s.shape, s.dtype), o) for pos, o in enumerate(shapes)]
+        n_groups, rem = divmod(n, k)
+        bufs = jax.lax.fori_loop(0, n_groups, lambda g, b: run_group(g * k, k, b), bufs)
+        if rem:
+            bufs = run_group(n_groups * k, rem, bufs)
+        return tuple(bufs) if inplace else bufs[0]
 
     return mapped
-
-
-def _inplace_map(fn: Callable, args: Sequence[Any], in_axes: tuple, inplace: Mapping[int, int], k: int):
-    """``seed_map``'s loop over groups of ``k`` seeds (``vmap`` inside a group of more than one) with
-    the ``inplace`` outputs written into their arguments' stacked buffers, carried by ``fori_loop``;
-    a remainder group (``k`` not dividing S) runs once after the loop."""
-    n = jax.tree.leaves(_split_args(args, in_axes))[0].shape[0]
-    k = min(k, n)  # K >= S is one vmapped group
-
-    def take(a, start, size):
-        if k == 1:
-            return jax.lax.dynamic_index_in_dim(a, start, 0, keepdims=False)
-        return jax.lax.dynamic_slice_in_dim(a, start, size, 0)
-
-    def put(buf, v, start, size):
-        v = v.astype(buf.dtype)
-        if k == 1:
-            return jax.lax.dynamic_update_index_in_dim(buf, v, start, 0)
-        return jax.lax.dynamic_update_slice_in_dim(buf, v, start, 0)
-
-    def run_group(start, size, carried, bufs):
-        call = fn if k == 1 else jax.vmap(fn, in_axes=in_axes)
-        cur = list(args)
-        for j, v in carried.items():
-            cur[j] = v
-        sliced = [jax.tree.map(lambda a: take(a, start, size), x) if ax == 0 else x
-                  for x, ax in zip(cur, in_axes)]
-        outs = call(*sliced)
-        if not isinstance(outs, tuple):
-            raise TypeError("seed_map(..., inplace=...) needs fn to return a tuple")
-        carried = dict(carried)
-        bufs = dict(bufs)
-        for pos, o in enumerate(outs):
-            if pos in inplace:
-                j = inplace[pos]
-                carried[j] = jax.tree.map(lambda b, v: put(b, v, start, size), carried[j], o)
-            else:
-                bufs[pos] = jax.tree.map(lambda b, v: put(b, v, start, size), bufs[pos], o)
-        return carried, bufs
-
-    # the non-in-place outputs' stacked buffers, shaped from one seed's abstract outputs
-    one_shapes = jax.eval_shape(lambda *a: _one_seed_outputs(fn, a, in_axes), *args)
-    bufs = {pos: jax.tree.map(lambda s: jnp.zeros((n,) + s.shape, s.dtype), o)
-            for pos, o in enumerate(one_shapes) if pos not in inplace}
-    carried = {j: args[j] for j in sorted(set(inplace.values()))}
-    n_groups, rem = divmod(n, k)
-
-    def body(g, c):
-        return run_group(g * k, k, *c)
-
-    carried, bufs = jax.lax.fori_loop(0, n_groups, body, (carried, bufs))
-    if rem:
-        carried, bufs = run_group(n_groups * k, rem, carried, bufs)
-    return tuple(carried[inplace[pos]] if pos in inplace else bufs[pos] for pos in range(len(one_shapes)))
-
-
-def _one_seed_outputs(fn: Callable, args: Sequence[Any], in_axes: tuple):
-    """``fn``'s outputs for seed 0 of ``args`` (trace only: used under ``eval_shape``)."""
-    sliced = [jax.tree.map(lambda a: a[0], x) if ax == 0 else x for x, ax in zip(args, in_axes)]
-    return fn(*sliced)
 
 
 # ------------------------------------------------------------------------------------------------

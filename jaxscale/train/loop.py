@@ -21,20 +21,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscale.config import Config, check_against_dataset
-from jaxscale.data import ArrayDataset
+from jaxscale.data import ArrayDataset, load_dataset
+from jaxscale.data.presets import default_preprocessing
+from jaxscale.data.sampling import eval_batches, subset_indices
+from jaxscale.data.transforms import preprocess
 from jaxscale.errors import UsageError
+from jaxscale.models import build_model
+from jaxscale.models.registry import PRECISION_SETTINGS
 from jaxscale.models.spec import ModelSpec
 from jaxscale.results import Curves
 from jaxscale.train import distributed
 from jaxscale.train import step as step_lib
 from jaxscale.train.checkpoint import Checkpoints
 from jaxscale.train.ensemble import SeedBatching, batching_kind, choose_group, memory_limit_bytes, peak_bytes, seed_map
-from jaxscale.norms import Norms
+from jaxscale.norms import NORM_NAMES, Norms
 from jaxscale.train.optim import make_optimizer
 from jaxscale.train.preemption import Interrupted, StopFlag
 from jaxscale.train.schedule import logged_epochs
 from jaxscale.train.sharding import DATA, Layout, data_parallel_fns, distribute, local_rows, plan_layout
-from jaxscale.train.precision import resolve_precision
 from jaxscale.train.state import seed_keys
 
 ProgressFn = Callable[[dict], None]
@@ -72,12 +76,6 @@ class Experiment:
         """How each device's seeds run, e.g. ``"loop"``, ``"vmap"``, ``"vmap (groups of 4 seeds)"``."""
         return str(self.batching)
 
-    @property
-    def norm_names(self) -> tuple[str, ...]:
-        from jaxscale.norms import NORM_NAMES
-
-        return NORM_NAMES
-
 
 def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
                      layout: Optional[Layout] = None) -> Experiment:
@@ -85,15 +83,10 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
     ``layout`` (default: planned from ``cfg.parallel`` over every device). Allocates nothing on the
     devices. Raises UsageError for anything the config gets wrong that needs the dataset or the model
     to see; whether the run fits in device memory is checked when ``batching`` is first read."""
-    from jaxscale.data import load_dataset
-    from jaxscale.data.presets import default_preprocessing
-    from jaxscale.data.transforms import preprocess
-    from jaxscale.models import build_model
-
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir, path=cfg.data.path)
     check_against_dataset(cfg, dataset.n_train)
-    precision = resolve_precision(cfg.train.precision)
+    dtype, matmul = PRECISION_SETTINGS[cfg.train.precision]
     spec = build_model(
         cfg.model.family,
         cfg.model.preset,
@@ -101,8 +94,8 @@ def build_experiment(cfg: Config, dataset: Optional[ArrayDataset] = None,
         num_classes=dataset.num_classes,
         init_factor=cfg.model.init_factor,
         init=cfg.model.init,
-        dtype=precision.dtype,
-        precision=precision.matmul,
+        dtype=dtype,
+        precision=matmul,
         conv_impl=cfg.model.conv_impl,
         **dict(cfg.model.arch),
     )
@@ -137,13 +130,9 @@ def stacked_seed_keys(seeds) -> dict[str, jax.Array]:
 
 
 def make_programs(exp: Experiment, layout: Optional[Layout] = None) -> dict[str, Any]:
-    """The run's jitted ensemble functions on ``layout`` (default: the experiment's), batching seeds
-    as planned: ``exp.programs`` on the experiment's layout, else planned for ``layout``
-    (:func:`plan_programs`). See :func:`build_programs`."""
-    layout = layout or exp.layout
-    if layout == exp.layout:
-        return exp.programs
-    return plan_programs(exp, layout)[0]
+    """The run's jitted ensemble functions (:func:`build_programs`) on ``layout`` (default: the
+    experiment's: ``exp.programs``), batching seeds as :func:`plan_programs` plans them."""
+    return exp.programs if layout in (None, exp.layout) else plan_programs(exp, layout)[0]
 
 
 def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dict[str, Any]:
@@ -153,22 +142,21 @@ def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dic
 
     Per-seed arguments and outputs are global ``[seeds, ...]`` arrays (split over the layout's seed
     groups; the seed count must be a multiple of ``layout.groups``). ``eval``'s metrics and
-    ``nonfinite`` come back replicated, so every process can read all seeds. The returned dict also
-    holds the ``layout``.
+    ``nonfinite`` come back replicated, so every process can read all seeds.
     """
     fns = data_parallel_fns(exp.fns, DATA, layout.data)
     bs = exp.cfg.train.batch_size
     eval_bs = exp.cfg.data.eval_batch_size
 
-    def epoch_block(states, subsets, x, y, epoch):
-        f = functools.partial(step_lib.train_epoch, fns, bs)
-        return seed_map(f, (0, 0, None, None, None), group, inplace={0: 0})(states, subsets, x, y, epoch)
+    # per-seed (0) and shared (None) arguments: (states, subsets, x_train, y_train[, x_test, y_test], epoch)
+    epoch_axes, eval_axes = (0, 0, None, None, None), (0, 0, None, None, None, None, None)
+    epoch_block = seed_map(functools.partial(step_lib.train_epoch, fns, bs), epoch_axes, group, inplace={0: 0})
 
     def eval_one(state, subset, x_tr, y_tr, x_te, y_te, epoch):
         key = step_lib.eval_key(state, epoch)
-        tr_idx, tr_mask = _chunks(subset, eval_bs)
-        te_idx, te_mask = _chunks(jnp.arange(x_te.shape[0], dtype=jnp.int32), eval_bs)
-        tr = step_lib.evaluate(fns, state, tr_idx, tr_mask, x_tr, y_tr, jax.random.fold_in(key, 0))
+        tr_pos, tr_mask = _eval_chunks(subset.shape[0], eval_bs)
+        te_idx, te_mask = _eval_chunks(x_te.shape[0], eval_bs)
+        tr = step_lib.evaluate(fns, state, subset[tr_pos], tr_mask, x_tr, y_tr, jax.random.fold_in(key, 0))
         te = step_lib.evaluate(fns, state, te_idx, te_mask, x_te, y_te, jax.random.fold_in(key, 1))
         logs, norm_state = fns.norms.read(state.params, state.norm_state)
         out = {"train_error": tr["error"], "train_loss": tr["loss"], "test_error": te["error"],
@@ -180,29 +168,22 @@ def build_programs(exp: Experiment, layout: Layout, group: Optional[int]) -> dic
         out = {k: jnp.where(bad, jnp.nan, v.astype(jnp.float32)) for k, v in out.items()}
         return out, state.replace(norm_state=norm_state, nonfinite=bad)
 
-    def eval_block(states, subsets, x_tr, y_tr, x_te, y_te, epoch):
-        return seed_map(eval_one, (0, 0, None, None, None, None, None), group, inplace={1: 0})(
-            states, subsets, x_tr, y_tr, x_te, y_te, epoch)
-
+    eval_block = seed_map(eval_one, eval_axes, group, inplace={1: 0})
     # init runs once: a loop keeps one seed's peak memory and costs nothing measurable
     init_block = seed_map(functools.partial(step_lib.init_state, fns), (0, 0, 0), 1)
 
     @functools.lru_cache(maxsize=None)
     def subsets_program(n_train: int, P: int):
-        from jaxscale.data.sampling import subset_indices
-
         return distribute(jax.vmap(functools.partial(subset_indices, n_train=n_train, P=P)), layout, (0,))
 
     def subsets(data_keys, n_train, P):
         return subsets_program(int(n_train), int(P))(data_keys)
 
     return {
-        "layout": layout,
         "init": distribute(init_block, layout, (0, 0, 0)),
         "subsets": subsets,
-        "epoch": distribute(epoch_block, layout, (0, 0, None, None, None), donate_argnums=(0,)),
-        "eval": distribute(eval_block, layout, (0, 0, None, None, None, None, None),
-                           out_replicated=(True, False), donate_argnums=(0,)),
+        "epoch": distribute(epoch_block, layout, epoch_axes, donate_argnums=(0,)),
+        "eval": distribute(eval_block, layout, eval_axes, out_replicated=(True, False), donate_argnums=(0,)),
         "nonfinite": distribute(lambda s: s.nonfinite, layout, (0,), out_replicated=True),
     }
 
@@ -257,15 +238,11 @@ def _programs_bytes(exp: Experiment, programs: dict, layout: Layout) -> Optional
     return peak + (max(Ps) - Ps[0]) * layout.per_group * subsets.dtype.itemsize
 
 
-def _chunks(idx: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
-    """Pad ``idx [n]`` to ``[ceil(n/c), c]`` chunks with a float mask (static shapes)."""
-    n = idx.shape[0]
-    c = min(chunk, n)
-    n_chunks = -(-n // c)
-    pad = n_chunks * c - n
-    mask = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)]).reshape(n_chunks, c)
-    idx = jnp.concatenate([idx, jnp.zeros(pad, idx.dtype)]).reshape(n_chunks, c)
-    return idx, mask
+def _eval_chunks(n: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``range(n)`` in ``[ceil(n/c), c]`` chunks (``c = min(chunk, n)``: static shapes) with a float32
+    mask of the real entries (:func:`~jaxscale.data.sampling.eval_batches`)."""
+    idx, mask = eval_batches(n, min(chunk, n))
+    return idx, mask.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,19 +274,9 @@ def training_fingerprint(cfg: Config) -> dict:
 EpochHook = Callable[[int, int, Any], Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class Resume:
-    """Where a run continues from: checkpoint ``step`` of P index ``P_index`` after ``epoch``."""
-
-    step: int
-    meta: dict
-    P_index: int
-    epoch: int
-
-
-def choose_resume(checkpoints: Checkpoints, cfg: Config) -> Optional[Resume]:
-    """The newest usable checkpoint of this training config, or ``None`` to start from scratch.
-    Raises :class:`UsageError` (and changes nothing) when the checkpoints belong to another config."""
+def choose_resume(checkpoints: Checkpoints, cfg: Config) -> Optional[tuple[int, dict]]:
+    """The newest usable checkpoint of this training config as ``(step, meta)``, or ``None`` to start
+    from scratch. Raises :class:`UsageError` (and changes nothing) when they belong to another config."""
     found = checkpoints.choose()
     if found is None:
         return None
@@ -318,57 +285,47 @@ def choose_resume(checkpoints: Checkpoints, cfg: Config) -> Optional[Resume]:
         raise UsageError(
             f"{checkpoints.directory} holds checkpoints of a different training config: resume with the "
             "config (and --set/--P/--seeds/--epochs flags) it was started with, or pass --restart to start over")
-    return Resume(step=step, meta=meta, P_index=int(meta["P_index"]), epoch=int(meta["epoch"]))
+    return step, meta
 
 
 class _Throughput:
-    """Training throughput and ETA: counts only synced training intervals, excluding each P's first
-    (compiling) epoch and the evaluations at logged epochs."""
+    """Training images/s and ETA, timed over synced training intervals only: each P's first
+    (compiling) epoch and the evaluations at logged epochs are left out."""
 
     def __init__(self, total_imgs: int):
-        self.total_imgs, self.done_imgs = total_imgs, 0
-        self.time, self.imgs = 0.0, 0  # finished Ps
+        self.left, self.time, self.imgs = total_imgs, 0.0, 0  # images to go; steady seconds and images
 
     def start_P(self, t_P: float) -> None:
-        self.t_P, self.compile_s, self.P_time, self.P_imgs = t_P, 0.0, 0.0, 0
+        self.t_P, self.P_start = t_P, (self.time, self.imgs)
         self.mark, self.pending = time.perf_counter(), 0
 
     def trained(self, imgs: int, first: bool) -> None:
-        self.done_imgs += imgs
-        if not first:
-            self.pending += imgs
+        self.left -= imgs
+        self.pending += 0 if first else imgs
 
     def synced(self, first: bool) -> None:
         now = time.perf_counter()
         if first:
             self.compile_s = now - self.t_P
         else:
-            self.P_time += now - self.mark
-            self.P_imgs += self.pending
+            self.time, self.imgs = self.time + now - self.mark, self.imgs + self.pending
         self.mark, self.pending = now, 0
 
-    def skip_interval(self) -> None:
-        """Time since the last sync was not training (evaluation)."""
-        self.mark = time.perf_counter()
-
     def rates(self) -> tuple[float, float]:
-        """(images/s, ETA seconds), NaN before any steady interval."""
-        t, i = self.time + self.P_time, self.imgs + self.P_imgs
-        if t <= 0:
-            return float("nan"), float("nan")
-        return i / t, (self.total_imgs - self.done_imgs) * t / i if i else float("nan")
+        """(images/s, ETA seconds) of the run so far, NaN before any steady interval."""
+        rate = self.imgs / self.time if self.time > 0 else float("nan")
+        return rate, self.left / rate if rate > 0 else float("nan")
 
-    def end_P(self) -> float:
-        self.time += self.P_time
-        self.imgs += self.P_imgs
-        return self.P_imgs / self.P_time if self.P_time > 0 else float("nan")
+    def P_rate(self) -> float:
+        """Images/s of the current P's steady intervals."""
+        t0, i0 = self.P_start
+        return (self.imgs - i0) / (self.time - t0) if self.time > t0 else float("nan")
 
 
 def run_experiment(
     exp: Experiment,
     *,
     progress: Optional[ProgressFn] = None,
-    programs: Optional[dict] = None,
     layout: Optional[Layout] = None,
     checkpoints: Optional[Checkpoints] = None,
     resume: Any = "auto",
@@ -382,11 +339,11 @@ def run_experiment(
         "epochs", "loss", "img_per_s", "eta_s", ...}``, plus ``"checkpoint"`` (``step``, ``P``,
         ``epoch``) after each save and ``"resume"`` (``step``, ``P``, ``P_index``, ``epoch``) when
         continuing from a checkpoint; training itself never prints.
-      programs: from :func:`make_programs` (built here if omitted, for ``layout``).
-      layout: device layout (default: planned from ``cfg.parallel`` over all devices).
+      layout: device layout (default: the experiment's).
       checkpoints: if given, resume from ``resume`` and save by its policy, plus always after the
         last epoch of the run (so results can be rewritten without training) and on ``stop``.
-      resume: a :class:`Resume` or ``None`` (start from scratch); ``"auto"``: :func:`choose_resume`.
+      resume: ``(step, meta)`` of a checkpoint or ``None`` (start from scratch); ``"auto"``:
+        :func:`choose_resume`.
       stop: checked after every epoch and before each P starts; when set, the run saves a checkpoint
         at that epoch boundary (if ``checkpoints``) and raises
         :class:`~jaxscale.train.preemption.Interrupted`.
@@ -395,10 +352,8 @@ def run_experiment(
     """
     cfg = exp.cfg
     T, S, Ps = cfg.train.epochs, cfg.train.seeds, cfg.train.P
-    if programs is not None:
-        layout = programs["layout"]
-    layout = layout or plan_layout(cfg.parallel, S)
-    programs = programs or make_programs(exp, layout)
+    layout = layout or exp.layout
+    programs = make_programs(exp, layout)
     if checkpoints is not None and resume == "auto":
         resume = choose_resume(checkpoints, cfg)
     run = _Run(exp, programs, layout, checkpoints, progress, stop)
@@ -431,7 +386,7 @@ class _Run:
         self.train_data = layout.put_replicated(ds.x_train), layout.put_replicated(ds.y_train.astype(np.int32))
         self.test_data = layout.put_replicated(ds.x_test), layout.put_replicated(ds.y_test.astype(np.int32))
         self.logged = {int(e): i for i, e in enumerate(exp.epochs_logged)}
-        self.curves = Curves.empty(self.Ps, self.seeds, exp.epochs_logged, exp.norm_names)
+        self.curves = Curves.empty(self.Ps, self.seeds, exp.epochs_logged, NORM_NAMES)
         self.stats = RunStats(layout=layout.describe())
         self.t_run = time.perf_counter()
         self.saved_step = -1
@@ -449,38 +404,41 @@ class _Run:
         self.subsets = self.programs["subsets"](self.keys["data"], self.exp.dataset.n_train, int(self.Ps[pi]))
         return self.programs["init"](self.keys["init"], self.keys["train"], self.keys["norms"])
 
-    def resume(self, resume: Optional[Resume]) -> tuple[int, int, Any]:
+    def resume(self, resume: Optional[tuple[int, dict]]) -> tuple[int, int, Any]:
         """Restore curves, statistics and (mid-P) the ensemble state of ``resume``; returns
         ``(P index, epochs done in it, restored state or None)``. A checkpoint that cannot be read
         back is unusable: an unverified one is reported, deleted and the run starts over; a verified
         one stops the run with the fix."""
         if resume is None:
             return 0, 0, None
+        step, meta = resume
+        pi, epoch = int(meta["P_index"]), int(meta["epoch"])
         try:
-            values = self.checkpoints.restore_curves(resume.step)
+            values = self.checkpoints.restore_curves(step)
             states = None
-            if 0 < resume.epoch < self.T:
-                states = _restore_state(self.checkpoints, resume.step, self.init(resume.P_index), self.layout)
+            if 0 < epoch < self.T:
+                states = _restore_state(self.checkpoints, step, int(meta["seeds_padded"]), self.init(pi),
+                                        self.layout)
         except Exception as e:  # noqa: BLE001 — any failure to read it back means unusable
             reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
-            if resume.step not in self.checkpoints.unverified:
-                raise UsageError(f"checkpoint {self.checkpoints.step_dir(resume.step)} could not be restored ({reason}): "
+            if step not in self.checkpoints.unverified:
+                raise UsageError(f"checkpoint {self.checkpoints.step_dir(step)} could not be restored ({reason}): "
                                  "pass --restart to start over") from None
-            self.checkpoints.discard(resume.step, f"unusable ({reason})")
+            self.checkpoints.discard(step, f"unusable ({reason})")
             return 0, 0, None
         for k, v in values.items():
             if k in self.curves.values and v.shape == self.curves.values[k].shape:
                 self.curves.values[k][...] = v
-        st = resume.meta["stats"]
+        st = meta["stats"]
         self.stats.per_P, self.stats.nonfinite = list(st["per_P"]), list(st["nonfinite"])
         self.stats.earlier_wall_s = float(st["wall_s"])
-        self.stats.resumed_from = {"step": resume.step, "P": int(self.Ps[resume.P_index]), "epoch": resume.epoch}
-        self.saved_step = resume.step
-        self._emit(event="resume", step=resume.step, P=int(self.Ps[resume.P_index]), P_index=resume.P_index,
-                   n_P=len(self.Ps), epoch=resume.epoch, epochs=self.T)
-        if resume.epoch >= self.T:  # that P was complete: continue with the next one
-            return resume.P_index + 1, 0, None
-        return resume.P_index, resume.epoch, states
+        self.stats.resumed_from = {"step": step, "P": int(self.Ps[pi]), "epoch": epoch}
+        self.saved_step = step
+        self._emit(event="resume", step=step, P=int(self.Ps[pi]), P_index=pi, n_P=len(self.Ps), epoch=epoch,
+                   epochs=self.T)
+        if epoch >= self.T:  # that P was complete: continue with the next one
+            return pi + 1, 0, None
+        return pi, epoch, states
 
     # -- per-P training --------------------------------------------------------------------------
 
@@ -506,13 +464,12 @@ class _Run:
                            img_per_s=img_s, eta_s=eta)
             if is_log:
                 states = self.evaluate(pi, epoch, states)
-                clock.skip_interval()  # evaluation time is not training throughput
+                clock.mark = time.perf_counter()  # evaluation time is not training throughput
             if epoch == T:
                 bad = np.asarray(jax.device_get(self.programs["nonfinite"](states)))[:S]
                 self.stats.nonfinite += [{"P": P, "seed": int(self.seeds[i])} for i in np.flatnonzero(bad)]
-                img_s = clock.end_P()
                 self.stats.per_P.append({"P": P, "wall_s": time.perf_counter() - clock.t_P,
-                                         "compile_s": clock.compile_s, "img_per_s": img_s})
+                                         "compile_s": clock.compile_s, "img_per_s": clock.P_rate()})
             self.stop_point(pi, epoch, states)
         self._emit(event="P_done", P=P, P_index=pi, n_P=len(self.Ps), wall_s=self.stats.per_P[-1]["wall_s"])
         return states
@@ -559,19 +516,16 @@ class _Run:
                           "wall_s": self.stats.earlier_wall_s + time.perf_counter() - self.t_run}}
 
 
-def _restore_state(checkpoints: Checkpoints, step: int, fresh: Any, layout: Layout) -> Any:
-    """Restore the ensemble state of checkpoint ``step`` into the shape of ``fresh`` (a freshly
-    initialised ensemble on ``layout``). A checkpoint written on a layout with another seed padding is
-    restored at its saved size and its real seeds are copied into ``fresh`` (padding seeds are
-    dropped anyway), so a run can resume on a different number of devices."""
-    saved_pad = int(checkpoints.read_meta(step)["seeds_padded"])
-    if saved_pad == layout.seeds_padded:
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=layout.seed_sharding), fresh)
-        return checkpoints.restore_state(step, target)
+def _restore_state(checkpoints: Checkpoints, step: int, saved_pad: int, fresh: Any, layout: Layout) -> Any:
+    """Restore the ensemble state of checkpoint ``step``, saved with ``saved_pad`` seeds (padding
+    included), into the shape of ``fresh`` (a freshly initialised ensemble on ``layout``). A state
+    saved on a layout with another seed padding has its real seeds copied into ``fresh`` (padding
+    seeds are dropped anyway), so a run can resume on a different number of devices."""
     sharding = layout.seed_sharding if saved_pad % layout.groups == 0 else layout.replicated
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct((saved_pad,) + a.shape[1:], a.dtype, sharding=sharding), fresh)
-    saved = checkpoints.restore_state(step, target)
+    saved = checkpoints.restore_state(step, jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct((saved_pad,) + a.shape[1:], a.dtype, sharding=sharding), fresh))
+    if saved_pad == layout.seeds_padded:
+        return saved
     n = min(saved_pad, layout.seeds_padded)
     merge = jax.jit(lambda old, new: jax.tree.map(lambda o, f: f.at[:n].set(o[:n]), old, new),
                     out_shardings=layout.seed_sharding)

@@ -114,10 +114,6 @@ class Layout:
         return jax.make_array_from_callback(x.shape, self.replicated, lambda idx: x[idx])
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def layout_shape(par: ParallelConfig, n_seeds: int, n_devices: int, n_processes: int = 1) -> tuple[int, int, int]:
     """``(groups, data, per_group)`` for ``n_seeds`` seeds on ``n_devices`` devices (pure arithmetic).
 
@@ -134,7 +130,7 @@ def layout_shape(par: ParallelConfig, n_seeds: int, n_devices: int, n_processes:
         if par.seeds_per_device or n_seeds >= n:
             D = 1
         else:
-            D = max(d for d in _divisors(n) if n // d >= n_seeds)
+            D = max(d for d in range(1, n + 1) if n % d == 0 and n // d >= n_seeds)
     if D > n:
         raise UsageError(f"parallel.data = {D} but only {n} device(s) are available: use parallel.data <= {n}")
     if par.seeds_per_device:
@@ -294,12 +290,10 @@ def distribute(
     in_axes = tuple(in_axes)
     if layout.api == "pmap":
         return _distribute_pmap(fn, layout, in_axes)
-    spec = lambda rep: PartitionSpec() if rep else PartitionSpec(SEEDS)  # noqa: E731
     in_specs = tuple(PartitionSpec(SEEDS) if a == 0 else PartitionSpec() for a in in_axes)
     mapped = jax.shard_map(fn, mesh=layout.mesh, in_specs=in_specs, out_specs=PartitionSpec(SEEDS),
                            check_vma=False)
-    out_shardings = jax.tree.map(
-        lambda rep: NamedSharding(layout.mesh, spec(rep)), out_replicated)
+    out_shardings = jax.tree.map(lambda rep: layout.replicated if rep else layout.seed_sharding, out_replicated)
     return jax.jit(mapped, out_shardings=out_shardings, donate_argnums=donate_argnums)
 
 
@@ -332,11 +326,8 @@ def local_rows(x: jax.Array, n: int) -> np.ndarray:
     needs another process's rows for progress display)."""
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(x)[:n]
-    rows = {}
+    rows = {}  # keyed by seed: the devices of a data-parallel group hold copies of the same rows
     for sh in x.addressable_shards:
         start = sh.index[0].start or 0
-        data = np.asarray(sh.data)
-        for j in range(data.shape[0]):
-            if start + j < n:
-                rows[start + j] = data[j]
+        rows.update({start + j: r for j, r in enumerate(np.asarray(sh.data)) if start + j < n})
     return np.stack([rows[k] for k in sorted(rows)]) if rows else np.zeros((0,) + x.shape[1:], x.dtype)

@@ -1,9 +1,6 @@
-"""The per-seed train state: everything a seed needs to continue, in one pytree.
-
-Params, optimiser state, BatchNorm statistics, power-iteration vectors, the RNG key and the step all
-live here, so vmapping over seeds, sharding over devices and checkpointing are the same operation on
-one pytree. An ensemble is this pytree with a leading seed axis on every leaf.
-"""
+"""The per-seed train state: everything a seed needs to continue, in one pytree, so vmapping over
+seeds, sharding over devices and checkpointing are the same operation on it. An ensemble is this
+pytree with a leading seed axis on every leaf."""
 
 from __future__ import annotations
 

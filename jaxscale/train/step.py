@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxscale.data.sampling import epoch_batches
 from jaxscale.models.spec import ModelSpec
 from jaxscale.norms import NORM_NAMES, Norms
 from jaxscale.train.state import TrainState
@@ -150,8 +151,6 @@ def train_epoch(
 
     Returns the new state and ``{"loss": mean train loss over the epoch's samples}``.
     """
-    from jaxscale.data.sampling import epoch_batches
-
     P = subset.shape[0]
     n_full, rem = divmod(P, batch_size)
     steps_per_epoch = n_full + (1 if rem else 0)
