@@ -191,6 +191,7 @@ def _wait_for_line(proc: subprocess.Popen, wanted: str) -> list[str]:
     raise AssertionError(f"never saw {wanted!r}; got {lines}; stderr: {proc.stderr.read()[-3000:]}")
 
 
+@pytest.mark.slow  # the SIGTERM resume test in the default run covers resume; this one adds kill -9
 def test_kill9_mid_run_then_rerun_gives_bitwise_identical_curves(tmp_path, tmp_path_factory):
     ref = load_curves(reference_run(tmp_path_factory))
     env = subprocess_env(tmp_path_factory)

@@ -159,6 +159,7 @@ def test_choose_group_fits_the_limit():
     assert choose_group("vmap", 8, lambda g: jumpy.get(g, 1000), 165).group == 2
 
 
+@pytest.mark.slow  # compiles every grouping; the default run keeps the refusal and choose_group tests
 def test_small_memory_limit_gives_smaller_groups_and_the_same_curves(digits):
     """The run's own choice: all 4 seeds vmapped without a limit; under a limit just below that
     need, smaller groups (the layout line and manifest say so) and the same curves; under a limit

@@ -35,7 +35,7 @@ def digits():
     ("cnn", "paper", 1, 40, 52),
     # Lanczos through convs: minutes. Measured: 1.2e-3 still at step 40, so it settles by 48
     pytest.param("cnn", "bartlett", 2, 48, 60, marks=pytest.mark.slow),
-    ("vit", "paper", 1, 40, 52),
+    pytest.param("vit", "paper", 1, 40, 52, marks=pytest.mark.slow),
 ])
 def test_in_step_and_logged_norms_equal_exact_along_training(digits, family, convention, iters, settled, steps):
     raw = {"name": "t", "model": {"family": family, "preset": "digits"}, "data": {"dataset": "digits"},
