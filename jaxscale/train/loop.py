@@ -254,7 +254,7 @@ class RunStats:
     wall_s: float = 0.0
     per_P: list = dataclasses.field(default_factory=list)  # {"P", "wall_s", "compile_s", "img_per_s"}
     nonfinite: list = dataclasses.field(default_factory=list)  # {"P", "seed"} of diverged seeds
-    #: where this session started: None (from scratch) or {"step", "P", "epoch"} of the checkpoint
+    #: where this invocation started: None (from scratch) or {"step", "P", "epoch"} of the checkpoint
     resumed_from: Optional[dict] = None
     #: wall time of earlier sessions of this run (before the checkpoint it resumed from)
     earlier_wall_s: float = 0.0
