@@ -155,6 +155,7 @@ def test_finished_run_directory_refused_without_restart(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["curves.npz", "manifest.json"]
 
 
+@pytest.mark.slow  # the default run keeps test_reliability's refused-resume test (same refusal, directory unchanged)
 def test_checkpoints_of_another_config_refused(tmp_path, capsys):
     cfg = write_tiny_config(tmp_path)
     out = tmp_path / "run"

@@ -187,6 +187,7 @@ def test_npz_config_keys_go_together():
         config_from_dict({"data": {"dataset": "digits", "path": "x.npz"}, "train": {"P": [10]}})
 
 
+@pytest.mark.slow  # trains twice; the default run keeps the npz loading and validation tests
 def test_npz_of_the_digits_trains_to_the_same_numbers_as_digits(tmp_path):
     """The same images through the npz path (float pixels, explicit normalisation) give bitwise the
     same curves as the bundled digits: the user-data path changes nothing but where data comes from."""

@@ -49,6 +49,7 @@ def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
     return out
 
 
+@pytest.mark.slow  # two JAX processes and a reference run: the slow CI step runs every multi-host test
 def test_two_processes_equal_one_process(tmp_path, tmp_path_factory):
     ref = load_curves(reference_run(tmp_path_factory))
     cfg = write_tiny_config(tmp_path)

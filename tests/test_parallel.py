@@ -46,6 +46,7 @@ def _assert_same(run: dict, ref: dict, name: str) -> None:
         np.testing.assert_allclose(run[k], v, rtol=RTOL, atol=ATOL, err_msg=f"{name}: {k}")
 
 
+@pytest.mark.slow  # subprocesses on fake devices: the slow CI step runs every multi-device run
 def test_two_devices_seed_and_data_parallel_equal_one_device_and_nan_seed_isolated(tmp_path, tmp_path_factory):
     res = _train(tmp_path, tmp_path_factory, ["one", "s2", "d2", "nan-one", "nan-s2"], devices=2, seconds=400)
     one = res["one"]

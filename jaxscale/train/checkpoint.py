@@ -101,10 +101,15 @@ class Checkpoints:
         self.warn = warn or (lambda message: warnings.warn(message, CheckpointWarning, stacklevel=3))
         self._primary = distributed.is_primary()
         self._ocp = ocp
+        if self._primary and self.directory.is_dir():
+            # an interrupted save's temporary folder; removed here, before anything reads the directory
+            # (orbax's own cleanup_tmp_directories runs in a background thread: racy)
+            for p in self.directory.iterdir():
+                if p.is_dir() and re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", p.name):
+                    shutil.rmtree(p, ignore_errors=True)
         self._mgr = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                                 enable_async_checkpointing=async_save),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
         )
         #: steps :meth:`choose` returned without a checksum file to verify them
         self.unverified: set[int] = set()
