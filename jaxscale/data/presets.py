@@ -9,8 +9,7 @@
 CIFAR mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010), also used for CIFAR-100 as the
 official code does. ResNet on MNIST follows the HEAD script (the pre-HEAD one used 0.5/0.5 and no
 augmentation). The digits are not in the paper: their mean/std are those of the digits training
-split in [0, 1] (population std over all pixels; :func:`digits_stats` recomputes them, a test
-checks the constants), and no augmentation (8×8 images are too small for the paper's ones).
+split in [0, 1] (population std over all pixels; a test recomputes them), and no augmentation (8×8 images are too small for the paper's ones).
 Fashion-MNIST (not in the paper) has MNIST's shapes and takes MNIST's protocol. A user's own
 ``npz`` arrays are normalised with their training split's per-channel mean/std, not augmented.
 """
@@ -18,8 +17,6 @@ Fashion-MNIST (not in the paper) has MNIST's shapes and takes MNIST's protocol. 
 from __future__ import annotations
 
 from typing import Optional
-
-import numpy as np
 
 from jaxscale.config import FAMILIES
 from jaxscale.data.datasets import DATASETS, ArrayDataset
@@ -59,11 +56,3 @@ def default_preprocessing(family: str, dataset: str, data: Optional[ArrayDataset
     # cifar10 / cifar100
     return {"mean": CIFAR_MEAN, "std": CIFAR_STD, "augment": "crop_flip" if fam == "resnet" else "none"}
 
-
-def digits_stats() -> tuple[float, float]:
-    """Mean and population std of the digits training split scaled to [0, 1] (float64)."""
-    from jaxscale.data.digits import load_digits_dataset
-
-    ds = load_digits_dataset()
-    x = ds.x_train.astype(np.float64) / ds.pixel_max
-    return float(x.mean()), float(x.std())
