@@ -213,7 +213,7 @@ class RunStats:
     nonfinite: list = dataclasses.field(default_factory=list)  # {"P", "seed"} of diverged seeds
     #: where this invocation started: None (from scratch) or {"step", "P", "epoch"} of the checkpoint
     resumed_from: Optional[dict] = None
-    #: wall time of earlier sessions of this run (before the checkpoint it resumed from)
+    #: wall time of the earlier invocations of this run (before the checkpoint it resumed from)
     earlier_wall_s: float = 0.0
     layout: str = ""
 
