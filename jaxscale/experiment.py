@@ -128,7 +128,7 @@ def run(cfg: Config, out_dir: str | Path, *, progress: Optional[ProgressFn] = No
                 "num_classes": exp.spec.num_classes,
                 "n_train": exp.dataset.n_train,
                 "n_test": int(exp.dataset.x_test.shape[0]),
-                "ensemble_strategy": exp.strategy, "seed_batching": exp.batching.as_dict(),
+                "ensemble_strategy": exp.strategy, "seed_batching": dataclasses.asdict(exp.batching),
                 "layout": stats.layout,
                 "logged_epochs": exp.epochs_logged.tolist(),
                 "norms": list(NORM_NAMES),

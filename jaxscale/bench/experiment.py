@@ -73,7 +73,8 @@ def project(cfg, *, P_measure: int = 512, repeats: int = 1, sequential: bool = T
     size is kept, so scaling is exact for ``loop`` and groups, an upper bound for one ``vmap`` of all
     seeds, which gains from more seeds)."""
     from jaxscale.train.loop import build_experiment
-    from jaxscale.train.sharding import plan_layout, single_device_layout
+    from jaxscale.config import ParallelConfig
+    from jaxscale.train.sharding import plan_layout
 
     name = cfg.data.dataset
     bs = cfg.train.batch_size
@@ -116,7 +117,7 @@ def project(cfg, *, P_measure: int = 512, repeats: int = 1, sequential: bool = T
         "seeds": S, "epochs": T, "P": list(cfg.train.P), "logged_epochs": n_log, "batch_size": bs,
         "precision": cfg.train.precision, "P_measure": P_measure, "n_test_measure": n_test_measure,
         "n_test": n_test_real, "seeds_measured": S_m, "repeats": repeats,
-        "ensemble_strategy": exp.strategy, "seed_batching": exp.batching.as_dict(),
+        "ensemble_strategy": exp.strategy, "seed_batching": dataclasses.asdict(exp.batching),
         "ensemble_epoch_s": ens["epoch_s"], "ensemble_eval_s": ens["eval_s"],
         "ensemble_compile_s": ens["compile_s"], "ensemble_init_s": ens["init_s"],
         "projected_ensemble_per_P_s": per_P_ens,
@@ -125,8 +126,8 @@ def project(cfg, *, P_measure: int = 512, repeats: int = 1, sequential: bool = T
     res["projected_ensemble_h"] = res["projected_ensemble_s"] / 3600
     if sequential:
         one_cfg = dataclasses.replace(cfg_m, train=dataclasses.replace(cfg_m.train, seeds=1))
-        one = _measure(dataclasses.replace(exp, cfg=one_cfg), single_device_layout(1), None, P_measure,
-                       n_test_measure, repeats)
+        one_device = plan_layout(ParallelConfig(data=1), 1, devices=jax.devices()[:1])
+        one = _measure(dataclasses.replace(exp, cfg=one_cfg), one_device, None, P_measure, n_test_measure, repeats)
         per_P_seq = total(one, S)
         res.update(single_epoch_s=one["epoch_s"], single_eval_s=one["eval_s"], single_compile_s=one["compile_s"],
                    projected_sequential_per_P_s=per_P_seq, projected_sequential_s=sum(per_P_seq))

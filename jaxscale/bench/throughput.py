@@ -193,7 +193,7 @@ def throughput(model: str, dataset: str, *, seeds: int = 8, P: int = 512, precis
         "img_s_sequential": img_s_seq,
         "img_s_ensemble": img_s_ens,
         "ensemble_strategy": pick,
-        "seed_batching": exp.batching.as_dict(),
+        "seed_batching": dataclasses.asdict(exp.batching),
         "ensemble_by_strategy": ens,
         "best_strategy_in_hindsight": max(ens, key=lambda n: ens[n]["img_s"]),
         "ensemble_over_sequential": ratio,

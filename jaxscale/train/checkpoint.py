@@ -1,20 +1,17 @@
 """Checkpoints: the whole run state on disk with orbax-checkpoint, verified by our own checksums.
 
-A checkpoint is taken at an epoch boundary and holds everything needed to continue *exactly*:
+A checkpoint is taken at an epoch boundary, step number ``P_index * epochs + epoch``, and holds all
+that is needed to continue *exactly*: ``state``, the ensemble :class:`~jaxscale.train.state.TrainState`
+of the current P, padding seeds included (the epoch's data order is ``fold_in(key, epoch)``, so nothing
+else is needed); ``curves``, the learning curves logged so far (all P), float64 ``[nP, S, nT]`` per
+metric; ``meta``: P index, epoch, layout, the training config it belongs to and the run statistics.
 
-* ``state``: the ensemble :class:`~jaxscale.train.state.TrainState` of the current P (every seed's
-  params, optimiser state, BatchNorm statistics, power-iteration vectors, RNG key and step — the
-  epoch's data order is ``fold_in(key, epoch)``, so nothing else is needed), padding seeds included;
-* ``curves``: the learning curves logged so far (all P), float64 ``[nP, S, nT]`` per metric;
-* ``meta``: P index, epoch, layout, the training config it belongs to and the run statistics so far.
-
-The step number is ``P_index * epochs + epoch``. orbax writes asynchronously and atomically (a
-temporary directory renamed on commit; an interrupted save leaves only an ignored ``*.orbax-checkpoint-tmp``
-folder, removed at the next start) but does **not** detect corrupted or truncated files (TOOLCHAIN.md).
-So once a save is committed, process 0 writes ``jaxscale_sha256.json`` into the step directory: the
-SHA-256 of every file in it. On resume the newest checkpoint whose files all match is used; newer
-ones that fail are reported, deleted and skipped. A checkpoint without the checksum file (the process
-died between the commit and the checksum) is used only when no verified one exists, with a warning.
+orbax writes asynchronously and atomically (an interrupted save leaves only a temporary folder,
+removed at the next start) but does **not** detect corrupted or truncated files (TOOLCHAIN.md). So once
+a save is committed, process 0 writes ``jaxscale_sha256.json`` into the step directory: the SHA-256 of
+every file in it. On resume the newest checkpoint whose files all match is used; newer ones that fail
+are reported, deleted and skipped. One without the checksum file (the process died between the commit
+and the checksum) is used only when no verified one exists, with a warning.
 """
 
 from __future__ import annotations
@@ -39,6 +36,8 @@ from jaxscale.io import save_json_atomic
 from jaxscale.train import distributed
 
 CHECKSUM_FILE = "jaxscale_sha256.json"
+#: the folder an interrupted orbax save leaves behind
+ORBAX_TMP = re.compile(r"\d+\.orbax-checkpoint-tmp.*")
 #: free space a checkpoint save leaves beyond its own size (bytes)
 SPACE_MARGIN = 1 << 20
 _NO_CHECKSUM = "no checksum file"
@@ -87,8 +86,7 @@ class Checkpoints:
       warn: receives one-line warnings (skipped checkpoints); default ``warnings.warn``.
       async_save: let orbax write in the background while training continues.
 
-    Every process of a multi-host run must create it and call :meth:`save` / :meth:`choose` /
-    :meth:`restore` together.
+    Every process of a multi-host run must create it and call its methods together.
     """
 
     def __init__(self, directory: str | Path, *, keep: int = 3, every_epochs: int = 0,
@@ -105,19 +103,15 @@ class Checkpoints:
             # an interrupted save's temporary folder; removed here, before anything reads the directory
             # (orbax's own cleanup_tmp_directories runs in a background thread: racy)
             for p in self.directory.iterdir():
-                if p.is_dir() and re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", p.name):
+                if p.is_dir() and ORBAX_TMP.fullmatch(p.name):
                     shutil.rmtree(p, ignore_errors=True)
-        self._mgr = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save),
-        )
+        self._mgr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save))
         #: steps :meth:`choose` returned without a checksum file to verify them
         self.unverified: set[int] = set()
         self._hasher: Optional[threading.Thread] = None
         self._hash_error: Optional[BaseException] = None
         self._last_save = time.monotonic()
-
-    # -- saving ------------------------------------------------------------------------------------
 
     def due(self, epoch: int) -> bool:
         """Whether the periodic policy asks for a checkpoint after ``epoch`` (1-based, within a P)."""
@@ -179,14 +173,11 @@ class Checkpoints:
         the errno: raise it as the OSError it is, so callers can tell it from a bug."""
         try:
             yield
-        except OSError:
-            raise
         except Exception as e:
-            code = re.search(r"os_error_code='(\d+)'", str(e))
+            code = None if isinstance(e, OSError) else re.search(r"os_error_code='(\d+)'", str(e))
             if code is None:
                 raise
-            errno_ = int(code.group(1))
-            raise OSError(errno_, os.strerror(errno_), str(self.directory)) from None
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(self.directory)) from None
 
     def wait(self) -> None:
         """Block until every started save is committed and has its checksum file."""
@@ -204,8 +195,6 @@ class Checkpoints:
             with contextlib.suppress(Exception):  # the save's own error is the one to report
                 self._mgr.close()
 
-    # -- resuming ----------------------------------------------------------------------------------
-
     def steps(self) -> list[int]:
         """Committed steps, oldest first (uncommitted temporary folders are not steps)."""
         return sorted(self._mgr.all_steps())
@@ -221,39 +210,33 @@ class Checkpoints:
     def choose(self) -> Optional[tuple[int, dict]]:
         """The newest usable checkpoint as ``(step, meta)``, or ``None``. Unusable newer ones are
         reported through ``warn`` and deleted (their step numbers will be written again)."""
-        steps = self.steps()
-        chosen = -1
-        if self._primary and steps:
-            bad, fallback = [], None
-            for s in reversed(steps):
+        chosen, bad = -1, []
+        if self._primary:
+            for s in reversed(self.steps()):
                 reason = verify(self.step_dir(s))
                 if reason is None:
                     try:
                         self.read_meta(s)
-                    except Exception as e:  # noqa: BLE001 — any orbax failure means unusable
+                        chosen = s
+                        break
+                    except Exception as e:  # noqa: BLE001 — any failure means unusable
                         reason = f"unreadable ({type(e).__name__})"
-                if reason is None:
-                    chosen = s
-                    break
-                if reason == _NO_CHECKSUM and fallback is None:
-                    fallback = s
                 bad.append((s, reason))
-            if chosen < 0 and fallback is not None:
-                chosen = fallback
-                self.unverified.add(fallback)
-                self.warn(f"checkpoint {self.step_dir(fallback)} has no checksum file (the process was stopped "
-                          "right after saving it) and no verified checkpoint exists: using it unverified")
+            if chosen < 0:  # the newest one without a checksum file, if any
+                chosen = next((s for s, reason in bad if reason == _NO_CHECKSUM), -1)
+                if chosen >= 0:
+                    self.unverified.add(chosen)
+                    self.warn(f"checkpoint {self.step_dir(chosen)} has no checksum file (the process was stopped "
+                              "right after saving it) and no verified checkpoint exists: using it unverified")
             for s, reason in bad:
                 if s > chosen:
                     self._delete(s, f"unusable ({reason})")
-            if chosen < 0:
+            if chosen < 0 and bad:
                 self.warn(f"no usable checkpoint in {self.directory}: starting from scratch")
         chosen = distributed.broadcast_int(chosen)
         distributed.barrier("jaxscale-checkpoint-choose")
         self._mgr.reload()
-        if chosen < 0:
-            return None
-        return chosen, self.read_meta(chosen)
+        return None if chosen < 0 else (chosen, self.read_meta(chosen))
 
     def _delete(self, step: int, reason: str) -> None:
         self.warn(f"checkpoint {self.step_dir(step)} is {reason}: skipped and deleted")
@@ -269,13 +252,13 @@ class Checkpoints:
     def restore_state(self, step: int, target: Any) -> Any:
         """The ensemble state of ``step``; ``target`` is a pytree of ``jax.ShapeDtypeStruct`` (with
         shardings) describing the saved state and where to put it."""
-        ocp = self._ocp
-        return self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        args = self._ocp.args
+        return self._mgr.restore(step, args=args.Composite(state=args.StandardRestore(target)))["state"]
 
     def restore_curves(self, step: int) -> dict[str, np.ndarray]:
         """The curves logged up to ``step`` (host arrays)."""
-        ocp = self._ocp
-        r = self._mgr.restore(step, args=ocp.args.Composite(curves=ocp.args.StandardRestore()))
+        args = self._ocp.args
+        r = self._mgr.restore(step, args=args.Composite(curves=args.StandardRestore()))
         return {k: np.asarray(v) for k, v in r["curves"].items()}
 
 
@@ -286,7 +269,7 @@ def wipe(directory: str | Path) -> None:
     directory = Path(directory)
     if distributed.is_primary() and directory.is_dir():
         for p in directory.iterdir():
-            if p.is_dir() and re.fullmatch(r"\d+(\.orbax-checkpoint-tmp.*)?", p.name):
+            if p.is_dir() and (p.name.isdecimal() or ORBAX_TMP.fullmatch(p.name)):
                 shutil.rmtree(p)
         with contextlib.suppress(OSError):
             directory.rmdir()  # only if empty

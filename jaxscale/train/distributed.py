@@ -1,16 +1,12 @@
 """Hosts: joining a multi-process JAX cluster, and the few host-level agreements a run needs.
 
-``initialize`` must run before anything touches a JAX device. Where its parameters come from, first
-match wins:
-
-1. flags: ``--coordinator HOST:PORT --num-processes N --process-id I`` (all three);
-2. the environment: ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``;
-3. ``--distributed`` alone: JAX's cluster auto-detection (SLURM, Cloud TPU pods, Open MPI, Kubernetes).
-
-Without any of them the run is single-process. Every process then sees the global device list
-(``jax.devices()``), builds the same mesh over it and computes only the seeds on its own devices;
-process 0 is the only one that writes results (checkpoints are written by all, each its own shards,
-through orbax). The run directory must be on a filesystem shared by all hosts.
+``initialize`` must run before anything touches a JAX device. Its parameters come from, first match
+wins: the flags ``--coordinator HOST:PORT --num-processes N --process-id I`` (all three); the
+environment ``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``; ``--distributed``
+alone: JAX's cluster auto-detection (SLURM, Cloud TPU pods, Open MPI, Kubernetes). Without any of
+them the run is single-process. Every process builds the same mesh over the global device list and
+computes only the seeds on its own devices; process 0 alone writes results files (every process
+writes its own shards of each checkpoint), so the run directory must be on a filesystem all hosts share.
 """
 
 from __future__ import annotations
@@ -43,14 +39,9 @@ class ClusterSpec:
     timeout_s: int = DEFAULT_TIMEOUT_S
 
 
-def cluster_spec(
-    coordinator: Optional[str] = None,
-    num_processes: Optional[int] = None,
-    process_id: Optional[int] = None,
-    auto: bool = False,
-    env: Optional[Mapping[str, str]] = None,
-    timeout_s: int = DEFAULT_TIMEOUT_S,
-) -> Optional[ClusterSpec]:
+def cluster_spec(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                 process_id: Optional[int] = None, auto: bool = False, env: Optional[Mapping[str, str]] = None,
+                 timeout_s: int = DEFAULT_TIMEOUT_S) -> Optional[ClusterSpec]:
     """Resolve flags and environment into a :class:`ClusterSpec`, or ``None`` for a single-process run.
     Raises :class:`UsageError` for an incomplete or inconsistent specification."""
     env = os.environ if env is None else env
@@ -69,10 +60,8 @@ def cluster_spec(
         except (KeyError, ValueError):
             raise UsageError("JAX_COORDINATOR_ADDRESS is set but JAX_NUM_PROCESSES / JAX_PROCESS_ID are missing "
                              "or not integers: set all three, or unset them for a single-process run") from None
-    elif auto:
-        return ClusterSpec(auto=True, timeout_s=timeout_s)
     else:
-        return None
+        return ClusterSpec(auto=True, timeout_s=timeout_s) if auto else None
     host_port(spec.coordinator)
     if spec.num_processes < 1 or not 0 <= spec.process_id < spec.num_processes:
         raise UsageError(f"process id {spec.process_id} with {spec.num_processes} processes: ids run from 0 to "
@@ -117,12 +106,9 @@ def initialize(spec: Optional[ClusterSpec]) -> None:
         return
     if not spec.auto and spec.process_id != 0:
         _wait_for_coordinator(spec)
-    try:
-        if spec.auto:
-            jax.distributed.initialize(initialization_timeout=spec.timeout_s)
-        else:
-            jax.distributed.initialize(coordinator_address=spec.coordinator, num_processes=spec.num_processes,
-                                       process_id=spec.process_id, initialization_timeout=spec.timeout_s)
+    try:  # None parameters (``auto``) are JAX's auto-detection
+        jax.distributed.initialize(spec.coordinator, spec.num_processes, spec.process_id,
+                                   initialization_timeout=spec.timeout_s)
     except (ValueError, RuntimeError) as e:
         where = "auto-detection (--distributed)" if spec.auto else f"coordinator {spec.coordinator}"
         raise UsageError(f"could not join the multi-host cluster via {where}: {e}: check the address, "
@@ -135,7 +121,7 @@ def is_primary() -> bool:
 
 
 def barrier(name: str) -> None:
-    """Wait until every process reaches this point (no-op for one process)."""
+    """Wait until every process reaches this point."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
 
@@ -143,13 +129,11 @@ def barrier(name: str) -> None:
 def any_process(flag: bool) -> bool:
     """True if ``flag`` is true on any process (e.g. a preemption signal that reached only some of
     them): all processes must stop at the same epoch, or the next collective would hang."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32))))
+    many = jax.process_count() > 1
+    return bool(np.any(multihost_utils.process_allgather(np.asarray([flag], np.int32)))) if many else bool(flag)
 
 
 def broadcast_int(value: int) -> int:
     """Process 0's ``value`` on every process."""
-    if jax.process_count() == 1:
-        return int(value)
-    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)))
+    many = jax.process_count() > 1
+    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, np.int64)) if many else value)

@@ -1,23 +1,17 @@
 """How S independent seeds become one program, and how many of them run side by side.
 
 :func:`seed_map` maps the SAME single-seed function (:mod:`jaxscale.train.step`) over a leading seed
-axis in one traced program: ``vmap`` over all seeds (one wide program: dense layers become batched
-matmuls, convolutions grouped convolutions or, with ``conv_impl="patches"``, batched matmuls; best
-where per-op launch cost dominates: GPUs, small models), a loop over seeds inside the program (no
-per-seed dispatch, one seed's activations in memory), or vmapped groups of K seeds looped. Same
-numbers to float tolerance (XLA may order reductions differently). A run picks the shape in two steps:
-
-1. :func:`batching_kind`, a static rule: ``"loop"`` for the convolutional families on XLA:CPU, where
-   one seed's epoch spends ~98 % of its time inside kernels (benchmarks/RESULTS.md), so batching
-   seeds removes no per-op overhead while vmap makes every tensor S times larger (falling out of
-   cache) and was slower; ``"vmap"`` otherwise (``parallel.ensemble`` may impose either);
-2. :func:`choose_group`: ``"vmap"`` takes the largest K whose compiled programs fit in the device's
-   free memory, from XLA's memory analysis of the run's own programs — all seeds at once when they
-   fit. A run that does not fit even one seed at a time is refused before anything is allocated.
+axis in one traced program: ``vmap`` over all seeds (one wide program, best where per-op launch cost
+dominates: GPUs, small models), a loop over seeds inside the program (one seed's activations in
+memory), or vmapped groups of K seeds looped; same numbers to float tolerance. A run picks the shape
+by a static rule (:func:`batching_kind`), then, for ``"vmap"``, the largest K whose compiled programs
+fit in the device's free memory (:func:`choose_group`); one that does not fit even one seed at a time
+is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -28,21 +22,19 @@ import jax.numpy as jnp
 
 from jaxscale.errors import UsageError
 
-#: families whose convolutions XLA:CPU runs faster one seed at a time than vmapped (see the module doc)
+#: families whose convolutions XLA:CPU runs faster one seed at a time than vmapped (see batching_kind)
 LOOP_ON_CPU = ("cnn", "resnet")
 
 
 def batching_kind(requested: str, family: str, backend: Optional[str] = None) -> str:
-    """``parallel.ensemble`` (``"auto" | "vmap" | "loop"``) -> ``"vmap"`` or ``"loop"``: ``"auto"`` is
-    ``"loop"`` for :data:`LOOP_ON_CPU` families on the CPU backend, else ``"vmap"``."""
+    """``parallel.ensemble`` (``"auto" | "vmap" | "loop"``) -> ``"vmap"`` or ``"loop"``. ``"auto"`` is
+    ``"loop"`` for :data:`LOOP_ON_CPU` families on XLA:CPU, where one seed's epoch spends ~98 % of its
+    time inside kernels (benchmarks/RESULTS.md): batching seeds removes no per-op overhead while vmap
+    makes every tensor S times larger (falling out of cache) and was slower. Else ``"vmap"``."""
     if requested != "auto":
         return requested
     backend = backend or jax.default_backend()
     return "loop" if backend == "cpu" and family in LOOP_ON_CPU else "vmap"
-
-
-# ------------------------------------------------------------------------------------------------
-# Mapping a single-seed function over seeds
 
 
 def seed_map(fn: Callable, in_axes: Sequence[Any], group: Optional[int] = None,
@@ -74,8 +66,6 @@ def seed_map(fn: Callable, in_axes: Sequence[Any], group: Optional[int] = None,
     tupled = fn if inplace else (lambda *a: (fn(*a),))
 
     def mapped(*args):
-        if len(args) != len(in_axes):
-            raise TypeError(f"expected {len(in_axes)} arguments, got {len(args)}")
         n = jax.tree.leaves([a for a, ax in zip(args, in_axes) if ax == 0])[0].shape[0]
         k = min(group, n)
         call = tupled if k == 1 else jax.vmap(tupled, in_axes=in_axes)
@@ -100,8 +90,6 @@ def seed_map(fn: Callable, in_axes: Sequence[Any], group: Optional[int] = None,
         # the other outputs' stacked buffers, shaped from seed 0's abstract outputs
         shapes = jax.eval_shape(lambda *a: tupled(*[jax.tree.map(lambda x: x[0], x) if ax == 0 else x
                                                     for x, ax in zip(a, in_axes)]), *args)
-        if not isinstance(shapes, tuple):
-            raise TypeError("seed_map(..., inplace=...) needs fn to return a tuple")
         bufs = [args[inplace[pos]] if pos in inplace else
                 jax.tree.map(lambda s: jnp.zeros((n,) + s.shape, s.dtype), o) for pos, o in enumerate(shapes)]
         n_groups, rem = divmod(n, k)
@@ -111,10 +99,6 @@ def seed_map(fn: Callable, in_axes: Sequence[Any], group: Optional[int] = None,
         return tuple(bufs) if inplace else bufs[0]
 
     return mapped
-
-
-# ------------------------------------------------------------------------------------------------
-# The group size: what fits in memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,14 +121,8 @@ class SeedBatching:
     limit_bytes: Optional[int] = None
 
     def __str__(self) -> str:
-        if self.group is None:
-            return "vmap"
-        if self.kind == "loop":
-            return "loop"
-        return f"vmap (groups of {self.group} seeds)"
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return ("vmap" if self.group is None else "loop" if self.kind == "loop"
+                else f"vmap (groups of {self.group} seeds)")
 
 
 def memory_limit_bytes(devices: Sequence[Any], override_gb: float = 0.0) -> Optional[int]:
@@ -170,17 +148,11 @@ def memory_limit_bytes(devices: Sequence[Any], override_gb: float = 0.0) -> Opti
 
 def _available_host_bytes() -> Optional[int]:
     """``MemAvailable`` of /proc/meminfo (Linux), else free physical pages; None when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError, StopIteration), open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    with contextlib.suppress(ValueError, OSError, AttributeError):
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    return None
 
 
 def peak_bytes(compiled: Sequence[Any]) -> Optional[int]:
@@ -188,15 +160,12 @@ def peak_bytes(compiled: Sequence[Any]) -> Optional[int]:
     the arguments of the widest program (the resident arrays) plus the most any of them allocates
     beyond its arguments (outputs not aliased to donated inputs, temporaries). None without memory
     analysis."""
-    stats = []
-    for c in compiled:
-        try:
-            ma = c.memory_analysis()
-        except NotImplementedError:
-            return None
-        if ma is None:
-            return None
-        stats.append(ma)
+    try:
+        stats = [c.memory_analysis() for c in compiled]
+    except NotImplementedError:
+        return None
+    if any(m is None for m in stats):
+        return None
     resident = max(int(m.argument_size_in_bytes) for m in stats)
     extra = max(int(m.output_size_in_bytes) - int(m.alias_size_in_bytes) + int(m.temp_size_in_bytes)
                 for m in stats)

@@ -1,29 +1,21 @@
-"""Devices: the ensemble laid out on a 2-D ``("seeds", "data")`` device mesh — the one train step,
-transformed, never copied.
+"""Devices: the ensemble on a 2-D ``("seeds", "data")`` device mesh — the one train step, transformed.
 
 * **seed-parallel** (``parallel.data = 1``): the leading seed axis of every per-seed array (train
-  state, subsets, keys) is split over the ``"seeds"`` mesh axis; each device runs the ordinary
-  ensemble program (:func:`~jaxscale.train.ensemble.seed_map` of the single-seed step) on its block of
-  seeds. Seeds are independent, so the epoch program has no communication at all. The training and
-  test images are replicated on every device.
-* **data-parallel** (``parallel.data = D > 1``): every seed is held by a group of ``D`` devices (the
-  ``"data"`` axis). :func:`data_parallel_fns` wraps two ingredients of the *same* step: the model's
-  ``apply`` runs on this device's ``1/D`` slice of the batch and all-gathers the logits (so the loss,
-  the error and the non-finite flag are those of the whole batch), and the optimiser ``psum``s the
-  gradients over ``"data"`` before its update — the pmap/``psum`` pattern. Every device of a group
-  then holds an identical copy of the seed's state.
+  state, subsets, keys) is split over ``"seeds"``; each device runs the ensemble program
+  (:func:`~jaxscale.train.ensemble.seed_map` of the single-seed step) on its block of seeds, with no
+  communication at all. The training and test images are replicated on every device.
+* **data-parallel** (``parallel.data = D > 1``): every seed is held by a group of ``D`` devices.
+  :func:`data_parallel_fns` wraps two ingredients of the *same* step: the model's ``apply`` runs on
+  this device's ``1/D`` of the batch and all-gathers the logits (so the loss, the error and the
+  non-finite flag are those of the whole batch), and the optimiser ``psum``s the gradients over
+  ``"data"``. Every device of a group then holds the same copy of the seed's state. By design,
+  **BatchNorm** normalises with per-shard statistics (as PyTorch DDP without SyncBatchNorm; the
+  running statistics are averaged over the shards) and **dropout** draws independent masks per
+  shard; models with neither (the paper's CNN) give the one-device numbers to float tolerance.
 
-  What differs from one device, by design: **BatchNorm** normalises with per-shard batch statistics
-  (as PyTorch DDP without SyncBatchNorm) and its running statistics are averaged over the shards;
-  **dropout** draws independent masks per shard. Models with neither (the paper's CNN) give the
-  one-device numbers to float tolerance. A batch whose size is not a multiple of ``D`` (the kept last
-  partial batch of an epoch) is computed whole on every device of the group, with the gradient
-  scaled by ``1/D`` before the ``psum`` — exactly the one-device gradient.
-
-The seed count is padded up to a multiple of the number of seed groups with extra seeds (the next
-seed values) whose results are dropped. Two APIs run the same per-block function: ``"jit"`` —
-``jax.jit`` of ``jax.shard_map`` over the mesh (multi-host capable, the default) — and ``"pmap"`` —
-``jax.pmap`` over one of the two axes (one process; seed groups *or* data shards, not both).
+The seed count is padded to a multiple of the number of seed groups with extra seeds (the next seed
+values) whose results are dropped. ``api = "jit"``: ``jax.jit`` of ``jax.shard_map`` over the mesh
+(multi-host capable, the default); ``"pmap"``: ``jax.pmap`` over one of the two axes (one process).
 """
 
 from __future__ import annotations
@@ -125,12 +117,8 @@ def layout_shape(par: ParallelConfig, n_seeds: int, n_devices: int, n_processes:
     n = n_devices
     if par.api == "pmap" and n_processes > 1:
         raise UsageError("parallel.api = \"pmap\" runs in one process only: use parallel.api = \"jit\" for multi-host runs")
-    D = par.data
-    if D == 0:
-        if par.seeds_per_device or n_seeds >= n:
-            D = 1
-        else:
-            D = max(d for d in range(1, n + 1) if n % d == 0 and n // d >= n_seeds)
+    D = par.data or (1 if par.seeds_per_device or n_seeds >= n else  # 0 = auto
+                     max(d for d in range(1, n + 1) if n % d == 0 and n // d >= n_seeds))
     if D > n:
         raise UsageError(f"parallel.data = {D} but only {n} device(s) are available: use parallel.data <= {n}")
     if par.seeds_per_device:
@@ -163,15 +151,6 @@ def plan_layout(par: ParallelConfig, n_seeds: int, devices: Optional[Sequence[An
     return Layout(mesh=mesh, seeds=n_seeds, seeds_padded=groups * per, api=par.api)
 
 
-def single_device_layout(n_seeds: int) -> Layout:
-    """The trivial layout: every seed on the default device (what a plain one-device run uses)."""
-    return plan_layout(ParallelConfig(data=1), n_seeds, devices=jax.devices()[:1])
-
-
-# ------------------------------------------------------------------------------------------------
-# Data parallelism: two wrapped ingredients of the one step
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _gather_batch(local: jax.Array, axis: str, size: int) -> jax.Array:
     """All-gather this device's ``[m, ...]`` slice into the group's ``[m * size, ...]`` batch.
@@ -183,16 +162,12 @@ def _gather_batch(local: jax.Array, axis: str, size: int) -> jax.Array:
     return jax.lax.all_gather(local, axis, tiled=True)
 
 
-def _gather_fwd(local, axis, size):
-    return _gather_batch(local, axis, size), None
-
-
-def _gather_bwd(axis, size, _res, g):
+def _own_slice(axis, size, _res, g):
     m = g.shape[0] // size
     return (jax.lax.dynamic_slice_in_dim(g, jax.lax.axis_index(axis) * m, m),)
 
 
-_gather_batch.defvjp(_gather_fwd, _gather_bwd)
+_gather_batch.defvjp(lambda local, axis, size: (_gather_batch(local, axis, size), None), _own_slice)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -201,15 +176,7 @@ def _scale_cotangent(x: jax.Array, scale: float) -> jax.Array:
     return x
 
 
-def _scale_fwd(x, scale):
-    return x, None
-
-
-def _scale_bwd(scale, _res, g):
-    return (g * scale,)
-
-
-_scale_cotangent.defvjp(_scale_fwd, _scale_bwd)
+_scale_cotangent.defvjp(lambda x, scale: (x, None), lambda scale, _res, g: (g * scale,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,30 +229,15 @@ def data_parallel_fns(fns: Any, axis: str, size: int) -> Any:
                                tx=psum_gradients(fns.tx, axis))
 
 
-# ------------------------------------------------------------------------------------------------
-# Running a per-block ensemble function over the mesh
+def distribute(fn: Callable, layout: Layout, in_axes: Sequence[Optional[int]], *, out_replicated: Any = False,
+               donate_argnums: tuple[int, ...] = ()) -> Callable:
+    """Run ``fn``, an ensemble function over a *block* of seeds, on every device of ``layout``; returns
+    a callable taking and returning global ``[seeds_padded, ...]`` arrays.
 
-
-def distribute(
-    fn: Callable,
-    layout: Layout,
-    in_axes: Sequence[Optional[int]],
-    *,
-    out_replicated: Any = False,
-    donate_argnums: tuple[int, ...] = (),
-) -> Callable:
-    """Run ``fn`` — an ensemble function over a *block* of seeds — on every device of ``layout``.
-
-    Args:
-      fn: ``fn(*args)``; args with ``in_axes`` 0 carry a leading seed axis (each device gets its
-        group's ``[per_group, ...]`` block), args with ``None`` are shared (replicated). Every output
-        has a leading seed axis.
-      in_axes: 0 or None per argument.
-      out_replicated: a pytree prefix of the outputs with bools: True = gather that output onto every
-        device (so every process can read it), False = keep it split over the seed groups.
-      donate_argnums: arguments whose buffers may be reused (the ``jit`` API only).
-
-    Returns a callable taking and returning global ``[seeds_padded, ...]`` arrays.
+    ``in_axes``: 0 (a per-seed argument: each device gets its group's ``[per_group, ...]`` block) or
+    None (shared, replicated) per argument; every output has a leading seed axis. ``out_replicated``:
+    a pytree prefix of the outputs with bools, True = gathered onto every device (so every process can
+    read it), False = split over the seed groups. ``donate_argnums``: reused buffers (``jit`` only).
     """
     in_axes = tuple(in_axes)
     if layout.api == "pmap":

@@ -26,16 +26,10 @@ Preprocess = Callable[[jax.Array, jax.Array], jax.Array]  # (key, uint8 [B,H,W,C
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StepFns:
-    """Static ingredients of the step (closed over, not traced).
-
-    Attributes:
-      spec: the model.
-      tx: the optax optimiser.
-      prep_train: preprocessing of a training batch (to [0,1], augmentation, normalisation).
-      prep_eval: preprocessing at evaluation (augments too where the official code does, §9.11).
-      norms: the in-graph norms (their vectors live in ``TrainState.norm_state``); ``norms.every``
-        says which steps update them.
-    """
+    """Static ingredients of the step (closed over, not traced): the model, the optimiser, the
+    preprocessing of a training batch (to [0,1], augmentation, normalisation) and at evaluation
+    (augmenting too where the official code does, §9.11), and the in-graph norms (their vectors live
+    in ``TrainState.norm_state``; ``norms.every`` says which steps update them)."""
 
     spec: ModelSpec
     tx: optax.GradientTransformation
@@ -53,15 +47,9 @@ def init_state(fns: StepFns, init_key: jax.Array, train_key: jax.Array, norm_key
     """A fresh state for one seed."""
     variables = fns.spec.init(init_key)
     params = variables["params"]
-    return TrainState(
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=fns.tx.init(params),
-        norm_state=fns.norms.init(params, norm_key),
-        key=train_key,
-        step=jnp.zeros((), jnp.int32),
-        nonfinite=jnp.zeros((), bool),
-    )
+    return TrainState(params=params, batch_stats=variables.get("batch_stats", {}), opt_state=fns.tx.init(params),
+                      norm_state=fns.norms.init(params, norm_key), key=train_key, step=jnp.zeros((), jnp.int32),
+                      nonfinite=jnp.zeros((), bool))
 
 
 def norm_steps(every: int, steps: jax.Array) -> jax.Array:
@@ -80,9 +68,8 @@ def _norms_in_step(norms: Norms, params: Any, norm_state: Any, update: Any) -> t
     return jax.lax.cond(update, lambda s: norms.update(params, s), lambda s: (nan, s), norm_state)
 
 
-def train_step(
-    fns: StepFns, state: TrainState, x: jax.Array, y: jax.Array, update_norms: Any = True
-) -> tuple[TrainState, dict]:
+def train_step(fns: StepFns, state: TrainState, x: jax.Array, y: jax.Array,
+               update_norms: Any = True) -> tuple[TrainState, dict]:
     """One optimiser step of one seed on one batch.
 
     Args:
@@ -95,9 +82,8 @@ def train_step(
 
     Returns ``(new_state, metrics)`` with metrics ``loss`` (mean cross-entropy of the batch),
     ``error`` (misclassified fraction) and ``log_<norm>`` (natural-log norms of the updated params by
-    warm-started power iteration; NaN on steps that do not update the norms), float32 scalars.
-
-    A seed whose loss is not finite is flagged in ``state.nonfinite`` (sticky).
+    warm-started power iteration; NaN on steps that do not update the norms), float32 scalars. A seed
+    whose loss is not finite is flagged in ``state.nonfinite`` (sticky).
     """
     k_aug, k_drop = jax.random.split(jax.random.fold_in(jax.random.fold_in(state.key, _STEP), state.step))
     xf = fns.prep_train(k_aug, x)
@@ -119,28 +105,15 @@ def train_step(
     # A diverged seed is only flagged: NaN then propagates through its own params and the loop
     # reports NaN for it from that point; seeds are independent, so the others are unaffected.
     # (Freezing it with a select would cost a full read+write of every parameter each step.)
-    new = state.replace(
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=opt_state,
-        norm_state=norm_state,
-        step=state.step + 1,
-        nonfinite=state.nonfinite | ~jnp.isfinite(loss),
-    )
+    new = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, norm_state=norm_state,
+                        step=state.step + 1, nonfinite=state.nonfinite | ~jnp.isfinite(loss))
     error = (jnp.argmax(logits, -1) != y).mean(dtype=jnp.float32)
     metrics = {"loss": loss, "error": error, **{f"log_{k}": v.astype(jnp.float32) for k, v in log_norms.items()}}
     return new, metrics
 
 
-def train_epoch(
-    fns: StepFns,
-    batch_size: int,
-    state: TrainState,
-    subset: jax.Array,
-    x_all: jax.Array,
-    y_all: jax.Array,
-    epoch: jax.Array,
-) -> tuple[TrainState, dict]:
+def train_epoch(fns: StepFns, batch_size: int, state: TrainState, subset: jax.Array, x_all: jax.Array,
+                y_all: jax.Array, epoch: jax.Array) -> tuple[TrainState, dict]:
     """One pass over this seed's P samples in a fresh random order, minibatches of ``batch_size``,
     the last partial batch kept (PROTOCOL §3.3).
 
@@ -177,15 +150,8 @@ def train_epoch(
     return state, {"loss": loss_sum / P}
 
 
-def evaluate(
-    fns: StepFns,
-    state: TrainState,
-    idx: jax.Array,
-    mask: jax.Array,
-    x_all: jax.Array,
-    y_all: jax.Array,
-    key: jax.Array,
-) -> dict:
+def evaluate(fns: StepFns, state: TrainState, idx: jax.Array, mask: jax.Array, x_all: jax.Array,
+             y_all: jax.Array, key: jax.Array) -> dict:
     """Eval-mode pass (running BN statistics, no dropout) over the images ``idx`` of ``x_all``.
 
     Args:
