@@ -6,11 +6,10 @@ Usage::
     variables = spec.init(jax.random.key(0))          # {"params": ...[, "batch_stats": ...]}
     logits, new_state = spec.apply(variables, x, train=True, rng=dropout_key)
 
-``spec.layers`` lists, in network order, the weight matrices the norms module uses, traced from the
-module (:func:`trace_layers` works on any Flax module); ``in_paper`` marks those the official norm
-code sees. Files: ``cnn.py``, ``resnet.py``, ``vit.py`` (module + presets each), ``init.py``
-(PyTorch initialisers in Flax layouts), ``layers.py`` (tracing), ``registry.py`` (presets,
-overrides, validation, the paper convention's per-family layer rule).
+``spec.layers``: the weight layers the norms use, in network order, traced from the module
+(:func:`trace_layers` works on any Flax module). Files: ``cnn.py``, ``resnet.py``, ``vit.py`` (module,
+presets, validation each), ``common.py`` (their shared settings and layers), ``init.py`` (PyTorch
+initialisers), ``conv.py``, ``layers.py`` (tracing), ``registry.py`` (``build_model``, ``paper_rule``).
 """
 
 from jaxscale.models.layers import WeightLayer, trace_layers

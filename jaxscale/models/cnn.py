@@ -15,12 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxscale.models import init as I
-from jaxscale.models.conv import PATCH_CHUNK_BYTES, Conv2D
-from jaxscale.models.common import max_pool_2x2, require
-
-INITS = ("head",)  # the pre-init-factor script used the same PyTorch defaults (= factor 1)
-
-_SAME = ((1, 1), (1, 1))
+from jaxscale.models.common import Net, max_pool_2x2, require
 
 # Architecture hyper-parameters per preset; see PROTOCOL §2.1 for the paper's four.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -34,7 +29,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class CNN(nn.Module):
+class CNN(Net, kw_only=True):
     """Conv stack + MLP. Input ``[B, H, W, C]`` float (NHWC, normalised) → logits ``[B, num_classes]`` float32.
 
     Parameter names: ``conv{i}`` (i from 0), ``fc{j}`` for the hidden Linears, ``head`` for the last one.
@@ -45,46 +40,25 @@ class CNN(nn.Module):
     mlp: tuple[int, ...]
     dropout: float
     num_classes: int
-    init_factor: float = 1.0
-    dtype: Any = jnp.float32
-    conv_impl: str = "xla"  # see jaxscale.models.conv
-    precision: Any = None  # matmul precision (registry.PRECISION_SETTINGS)
-    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = x.astype(self.dtype)
-        for i, width in enumerate(self.convs):
-            x = self._conv(width, 9 * x.shape[-1], f"conv{i}")(x)
-            x = nn.relu(x)
+        weight_init = I.scaled(I.torch_default_kernel, self.init_factor)
+        for i, width in enumerate(self.convs):  # a bias's init depends on its weight's fan-in, 3·3·C_in
+            x = nn.relu(self._conv(width, 3, 1, ((1, 1), (1, 1)), weight_init, f"conv{i}",
+                                   I.torch_default_bias(9 * x.shape[-1]))(x))
             if (i + 1) % self.pool_every == 0:
                 x = max_pool_2x2(x)
         # PyTorch flattens NCHW: feature index = c·H·W + h·W + w. Transposing first keeps the first
         # Linear's weight columns in PyTorch's order, so norms and weights mean the same thing.
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         for j, width in enumerate(self.mlp):
-            x = nn.relu(self._dense(width, x.shape[-1], f"fc{j}")(x))
+            x = nn.relu(self._dense(width, weight_init, f"fc{j}", I.torch_default_bias(x.shape[-1]))(x))
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = self._dense(self.num_classes, x.shape[-1], "head")(x)
+        x = self._dense(self.num_classes, weight_init, "head", I.torch_default_bias(x.shape[-1]))(x)
         return x.astype(jnp.float32)
-
-    def _conv(self, width: int, layer_fan_in: int, name: str) -> Conv2D:
-        return Conv2D(
-            width, (3, 3), strides=(1, 1), padding=_SAME, use_bias=True,
-            kernel_init=I.scaled(I.torch_default_kernel, self.init_factor),
-            bias_init=I.torch_default_bias(layer_fan_in),
-            dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl, name=name,
-            precision=self.precision, chunk_bytes=self.conv_chunk_bytes,
-        )
-
-    def _dense(self, width: int, layer_fan_in: int, name: str) -> nn.Dense:
-        return nn.Dense(
-            width,
-            kernel_init=I.scaled(I.torch_default_kernel, self.init_factor),
-            bias_init=I.torch_default_bias(layer_fan_in),
-            dtype=self.dtype, param_dtype=jnp.float32, name=name, precision=self.precision,
-        )
 
 
 def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
@@ -92,14 +66,5 @@ def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
     require(0.0 <= hyper["dropout"] < 1.0, f"cnn dropout={hyper['dropout']} is not in [0, 1); set it to e.g. 0.0")
     n_pools = len(hyper["convs"]) // hyper["pool_every"]
     h, w = input_shape[:2]
-    require(
-        min(h, w) >= 2**n_pools,
-        f"cnn: {n_pools} max-pools shrink a {h}x{w} input to nothing; use fewer convs or a larger pool_every",
-    )
-
-
-def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any, conv_impl: str = "xla",
-          **settings: Any) -> CNN:
-    """The CNN module for resolved ``hyper`` (``init`` is always ``"head"``: PyTorch defaults);
-    ``settings``: ``precision``, ``conv_chunk_bytes``."""
-    return CNN(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **settings, **hyper)
+    require(min(h, w) >= 2**n_pools,
+            f"cnn: {n_pools} max-pools shrink a {h}x{w} input to nothing; use fewer convs or a larger pool_every")

@@ -27,11 +27,9 @@ import jax.numpy as jnp
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
+def resolve_conv_impl(impl: str) -> str:
     """``"auto"`` -> ``"patches"`` on CPU, ``"xla"`` on GPU/TPU."""
-    if impl != "auto":
-        return impl
-    return "patches" if (backend or jax.default_backend()) == "cpu" else "xla"
+    return impl if impl != "auto" else "patches" if jax.default_backend() == "cpu" else "xla"
 
 
 def extract_patches(x: jax.Array, kh: int, kw: int, strides: tuple[int, int], padding: Padding) -> jax.Array:
@@ -52,35 +50,24 @@ def extract_patches(x: jax.Array, kh: int, kw: int, strides: tuple[int, int], pa
     return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
-#: Default bytes of im2col patches one chunk of images may hold (``Conv2D.chunk_bytes``):
-#: ``impl="patches"`` runs a batch through the convolution in chunks of this size (forward and
-#: backward), so the patch matrix of a chunk stays in cache instead of streaming the whole batch's
-#: (151 MB for the CIFAR-10 CNN's second layer at batch 128) through memory three times. Measured on
-#: the 2-core Zen 4 CPU, fwd+bwd inside ``lax.scan`` (benchmarks/RESULTS.md): chunks of 2-5 MB were
-#: 1.2-1.4x faster than the whole batch on the CIFAR-10 CNN's layers; 1 image (too little work per
-#: matmul) or >= 10 MB lost that gain.
+#: Default bytes of im2col patches per chunk of images (``Conv2D.chunk_bytes``): ``impl="patches"`` runs
+#: a batch through the convolution (forward and backward) in chunks whose patch matrix stays in cache,
+#: instead of streaming the whole batch's (151 MB for the CIFAR-10 CNN's second layer at batch 128)
+#: through memory three times. On the 2-core Zen 4 CPU, fwd+bwd inside ``lax.scan``, chunks of 2-5 MB
+#: were 1.2-1.4x faster than the whole batch; 1 image or >= 10 MB lost that (benchmarks/RESULTS.md).
 PATCH_CHUNK_BYTES = 3 * 2**20
 
 
-def conv2d(
-    x: jax.Array,
-    kernel: jax.Array,
-    strides: tuple[int, int],
-    padding: Padding,
-    impl: str,
-    chunk_bytes: int = PATCH_CHUNK_BYTES,
-    precision: Any = None,
-) -> jax.Array:
-    """NHWC convolution (cross-correlation, as PyTorch/flax) of ``x [B,H,W,C_in]`` with
-    ``kernel [kh,kw,C_in,C_out]`` and explicit ``padding ((top,bottom),(left,right))``.
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: Padding, impl: str,
+           chunk_bytes: int = PATCH_CHUNK_BYTES, precision: Any = None) -> jax.Array:
+    """NHWC convolution (cross-correlation, as PyTorch/flax) of ``x [B,H,W,C_in]`` with ``kernel
+    [kh,kw,C_in,C_out]``, explicit ``padding ((top,bottom),(left,right))`` and matmul ``precision``.
 
     ``chunk_bytes`` (``impl="patches"`` only): the batch is convolved in chunks whose patch matrix
     holds at most this many bytes (at least one image a chunk; ``0`` = the whole batch at once).
-    Same values either way (to float rounding of the kernel gradient's sum over chunks); it changes
-    speed and memory only (tune it to a CPU's cache; the FLOP count uses 0: XLA's cost analysis
-    counts a loop body once).
-
-    ``precision``: the matmul/convolution precision (a ``jax.lax.Precision``; None = JAX's default).
+    Same values either way (to float rounding of the kernel gradient's sum over chunks): only speed
+    and memory change (tune it to a CPU's cache; the FLOP count uses 0: XLA's cost analysis counts a
+    loop body once).
     """
     if impl == "xla":
         return jax.lax.conv_general_dilated(
@@ -150,8 +137,7 @@ _chunked_patches_conv.defvjp(_chunked_fwd, _chunked_bwd)
 
 class Conv2D(nn.Module):
     """Drop-in for ``nn.Conv`` with explicit padding and a choice of implementation (same param
-    names, shapes, init calls and RNG streams as ``nn.Conv``). ``precision``: matmul/convolution
-    precision (``jax.lax.Precision`` or None); ``chunk_bytes``: see :func:`conv2d`."""
+    names, shapes, init calls and RNG streams as ``nn.Conv``); ``precision``, ``chunk_bytes``: :func:`conv2d`."""
 
     features: int
     kernel_size: tuple[int, int]

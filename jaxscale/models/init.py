@@ -1,12 +1,9 @@
 """Initialisers of the official (PyTorch) code, in Flax's kernel layouts (PROTOCOL.md §2.4).
 
-Every initialiser here has Flax's signature ``init(key, shape, dtype) -> array`` and reads the
-shape in Flax's layout: a Dense kernel is ``(in, out)``, a Conv kernel ``(kh, kw, in, out)``. Fans are
-therefore computed as PyTorch computes them on its ``(out, in[, kh, kw])`` tensors:
-``fan_in = in·kh·kw`` and ``fan_out = out·kh·kw``.
-
-The "init factor" multiplies selected *weights* right after initialisation (:func:`scaled`); biases,
-norms' affine parameters, tokens and embeddings are never scaled.
+Each has Flax's signature ``init(key, shape, dtype) -> array`` and reads a Dense kernel as ``(in, out)``
+and a Conv kernel as ``(kh, kw, in, out)``, with PyTorch's fans: ``fan_in = in·kh·kw``,
+``fan_out = out·kh·kw``. The init factor multiplies selected *weights* (:func:`scaled`); biases, norms'
+affine parameters, tokens and embeddings are never scaled.
 """
 
 from __future__ import annotations
@@ -18,15 +15,14 @@ import jax
 import jax.numpy as jnp
 
 Initializer = Callable[[jax.Array, Sequence[int], Any], jax.Array]
+zeros: Initializer = jax.nn.initializers.zeros
 
 
 def fan_in(shape: Sequence[int]) -> int:
-    """PyTorch fan-in of a Flax kernel: ``in`` for ``(in, out)``, ``in·kh·kw`` for ``(kh, kw, in, out)``."""
     return math.prod(shape[:-1])
 
 
 def fan_out(shape: Sequence[int]) -> int:
-    """PyTorch fan-out of a Flax kernel: ``out`` for ``(in, out)``, ``out·kh·kw`` for ``(kh, kw, in, out)``."""
     return shape[-1] * math.prod(shape[:-2])
 
 
@@ -45,34 +41,20 @@ def _draw(sample: Callable[[jax.Array, tuple[int], Any], jax.Array], key, shape,
 
 def uniform(bound: float) -> Initializer:
     """U(−bound, bound)."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return bound * _draw(lambda k, s, d: jax.random.uniform(k, s, d, -1.0, 1.0), key, shape, dtype)
-
-    return init
+    return lambda key, shape, dtype=jnp.float32: bound * _draw(
+        lambda k, s, d: jax.random.uniform(k, s, d, -1.0, 1.0), key, shape, dtype)
 
 
 def normal(std: float) -> Initializer:
     """N(0, std²), untruncated."""
-
-    def init(key, shape, dtype=jnp.float32):
-        return std * _draw(jax.random.normal, key, shape, dtype)
-
-    return init
+    return lambda key, shape, dtype=jnp.float32: std * _draw(jax.random.normal, key, shape, dtype)
 
 
 def trunc_normal(std: float = 0.02, cut: float = 2.0) -> Initializer:
-    """``torch.nn.init.trunc_normal_(std=std, a=-cut, b=cut)``: N(0, std²) cut at ±``cut`` in *absolute* value.
-
-    With the official std 0.02 and cut 2 the cut sits at 100 standard deviations, so the draw is
-    effectively an untruncated normal; we truncate anyway to keep the definition exact.
-    """
-
-    def init(key, shape, dtype=jnp.float32):
-        sample = lambda k, s, d: jax.random.truncated_normal(k, -cut / std, cut / std, s, d)  # noqa: E731
-        return std * _draw(sample, key, shape, dtype)
-
-    return init
+    """``torch.nn.init.trunc_normal_(std=std, a=-cut, b=cut)``: N(0, std²) cut at ±``cut`` in *absolute*
+    value (at the official std 0.02 and cut 2, 100 standard deviations: truncated anyway, to be exact)."""
+    return lambda key, shape, dtype=jnp.float32: std * _draw(
+        lambda k, s, d: jax.random.truncated_normal(k, -cut / std, cut / std, s, d), key, shape, dtype)
 
 
 def torch_default_kernel(key, shape, dtype=jnp.float32) -> jax.Array:
@@ -87,7 +69,7 @@ def torch_default_bias(layer_fan_in: int) -> Initializer:
 
 
 def kaiming_normal_fan_out(key, shape, dtype=jnp.float32) -> jax.Array:
-    """``kaiming_normal_(mode='fan_out', nonlinearity='relu')``: N(0, 2/fan_out), fan_out = out·kh·kw."""
+    """``kaiming_normal_(mode='fan_out', nonlinearity='relu')``: N(0, 2/fan_out)."""
     return normal(math.sqrt(2.0 / fan_out(shape)))(key, shape, dtype)
 
 
@@ -97,14 +79,7 @@ def xavier_uniform(key, shape, dtype=jnp.float32) -> jax.Array:
 
 
 def scaled(init: Initializer, factor: float) -> Initializer:
-    """``init`` multiplied by the init factor (PROTOCOL §2.4); ``factor == 1`` returns ``init`` unchanged."""
+    """``init`` multiplied by the init factor; ``factor == 1`` returns ``init`` unchanged."""
     if factor == 1.0:
         return init
-
-    def scaled_init(key, shape, dtype=jnp.float32):
-        return factor * init(key, shape, dtype)
-
-    return scaled_init
-
-
-zeros: Initializer = jax.nn.initializers.zeros
+    return lambda key, shape, dtype=jnp.float32: factor * init(key, shape, dtype)

@@ -1,15 +1,8 @@
-"""A network's weight layers, found by tracing its Flax module once, for the norms module.
+"""A network's weight layers, found by tracing its Flax module once (:func:`trace_layers`), for the norms.
 
-:func:`trace_layers` runs the module's ``init`` abstractly (``jax.eval_shape``, no FLOPs) with every
-``nn.Dense`` / ``nn.Conv`` call intercepted, and returns them as an ordered tuple of
-:class:`WeightLayer` (call order = network order, input to output) with each conv's actual input
-geometry, stride and padding. The norms module turns that tuple into every complexity measure
-without knowing the architecture, so no model restates its own.
-
-Layout conventions (PROTOCOL.md): norm formulas use PyTorch's ``(fan_out, fan_in)`` matrix layout. Flax
-stores a Dense kernel as ``(in, out)`` and a Conv kernel as ``(kh, kw, in, out)``;
-:meth:`WeightLayer.matrix` converts either to ``(fan_out, fan_in)`` (a conv kernel is flattened to
-``(C_out, C_in*kh*kw)`` in PyTorch's (C_in, kh, kw) order).
+Norm formulas use PyTorch's ``(fan_out, fan_in)`` matrix layout; Flax stores a Dense kernel as
+``(in, out)`` and a Conv kernel as ``(kh, kw, in, out)``, and :meth:`WeightLayer.matrix` converts
+either (a conv kernel is flattened to ``(C_out, C_in·kh·kw)`` in PyTorch's (C_in, kh, kw) order).
 """
 
 from __future__ import annotations
@@ -35,16 +28,13 @@ class WeightLayer:
     Attributes:
       name: readable id, e.g. ``"conv0"``, ``"block2/attn/q"``.
       kind: ``"dense"`` (kernel ``(in, out)``) or ``"conv"`` (kernel ``(kh, kw, in, out)``).
-      path: keys into the ``params`` pytree leading to the kernel array,
-        e.g. ``("Conv_0", "kernel")``.
-      out_slice: for a sub-block of a stacked kernel (ViT's Q/K/V inside one ``(D, 3D)`` in-projection):
-        ``(start, stop)`` along the *output* axis (last axis of the flax kernel). ``None`` = whole kernel.
-      stride, padding: conv only; padding as explicit ``((top, bottom), (left, right))``.
-      input_hw: conv only; spatial shape ``(H, W)`` of this layer's input feature map (for the true
-        operator norm of the convolution in the ``bartlett`` convention).
-      in_paper: whether the official code's norm functions include this layer (PROTOCOL §5; e.g. the
-        ResNet code only sees the stem conv and the fc layer; set by the family rule in
-        :mod:`jaxscale.models.registry`).
+      path: keys into the ``params`` pytree leading to the kernel array, e.g. ``("Conv_0", "kernel")``.
+      out_slice: ``(start, stop)`` along the kernel's output (last) axis for a sub-block of a stacked
+        kernel (ViT's Q/K/V inside one ``(D, 3D)`` in-projection); ``None`` = whole kernel.
+      stride, padding, input_hw: conv only: explicit ``((top, bottom), (left, right))`` padding and the
+        input feature map's ``(H, W)`` (for the conv's operator norm, ``bartlett`` convention).
+      in_paper: whether the official norm code includes this layer (PROTOCOL §5; set by
+        :func:`jaxscale.models.registry.paper_rule`).
     """
 
     name: str
@@ -67,7 +57,7 @@ class WeightLayer:
         return x
 
     def matrix(self, params: Any) -> jnp.ndarray:
-        """PyTorch-layout ``(fan_out, fan_in)`` matrix of this layer."""
+        """PyTorch-layout ``(fan_out, fan_in)`` matrix of this layer (module docstring)."""
         w = self.kernel(params)
         if self.kind == "dense":
             return w.T
@@ -76,7 +66,7 @@ class WeightLayer:
 
 
 def _conv_layer(m: nn.Module, name: str, x_shape: tuple) -> WeightLayer:
-    """A :class:`WeightLayer` for a 2-D ``nn.Conv`` / ``Conv2D`` call on an ``[..., H, W, C]`` input."""
+    """The :class:`WeightLayer` of a 2-D ``nn.Conv`` / ``Conv2D`` call on an ``[..., H, W, C]`` input."""
     hw = tuple(x_shape[-3:-1])
     ksize = tuple(m.kernel_size) if not isinstance(m.kernel_size, int) else (m.kernel_size,) * 2
     if isinstance(m, Conv2D):
@@ -85,11 +75,9 @@ def _conv_layer(m: nn.Module, name: str, x_shape: tuple) -> WeightLayer:
     plain = all(getattr(m, a) in (None, 1, (1, 1)) for a in
                 ("input_dilation", "kernel_dilation", "feature_group_count"))
     if len(ksize) != 2 or not plain or m.padding in ("CIRCULAR", "CAUSAL", "REFLECT"):
-        raise UsageError(
-            f"conv layer {name!r} is not a plain 2-D convolution (kernel {ksize}, padding "
-            f"{m.padding!r}, dilation or groups), which the norms do not measure; use a 2-D nn.Conv "
-            "with zero padding, no dilation and one group"
-        )
+        raise UsageError(f"conv layer {name!r} is not a plain 2-D convolution (kernel {ksize}, padding "
+                         f"{m.padding!r}, dilation or groups), which the norms do not measure; use a 2-D nn.Conv "
+                         "with zero padding, no dilation and one group")
     stride = (1, 1) if m.strides is None else (
         (m.strides,) * 2 if isinstance(m.strides, int) else tuple(m.strides))
     pad = nn.linear.canonicalize_padding(m.padding, 2)
@@ -100,9 +88,10 @@ def _conv_layer(m: nn.Module, name: str, x_shape: tuple) -> WeightLayer:
 
 
 def trace(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[WeightLayer, ...], Any, bool]:
-    """``(layers, variables, dropout)`` of ``module.init(key, *args, **kwargs)``, traced abstractly:
-    :func:`trace_layers`' layers (named by module path, e.g. ``"block0/attn/in_proj"``), the init's
-    ``jax.ShapeDtypeStruct`` pytree, and whether an ``nn.Dropout`` with a positive rate is called."""
+    """``(layers, variables, dropout)`` of ``module.init(key, *args, **kwargs)`` run abstractly
+    (``jax.eval_shape``, no FLOPs) with every method call intercepted: :func:`trace_layers`' layers
+    (named by module path, e.g. ``"block0/attn/in_proj"``), the init's ``jax.ShapeDtypeStruct`` pytree,
+    and whether an ``nn.Dropout`` with a positive rate is called."""
     layers, dropout = [], []
 
     def record(next_fun, call_args, call_kwargs, context):
@@ -123,17 +112,12 @@ def trace(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[WeightLay
 
 
 def trace_layers(module: nn.Module, *args: Any, **kwargs: Any) -> tuple[WeightLayer, ...]:
-    """The weight layers of any Flax module, for :class:`jaxscale.norms.Norms`.
+    """The weight layers of any (unbound) Flax module, for :class:`jaxscale.norms.Norms`, from an example
+    call as for ``module.init(key, *args, **kwargs)`` (only shapes and dtypes are used).
 
-    Args:
-      module: the (unbound) Flax linen module.
-      *args, **kwargs: an example call, as for ``module.init(key, *args, **kwargs)`` (only shapes
-        and dtypes are used: nothing is computed).
-
-    Returns:
-      Every ``nn.Dense`` and 2-D ``nn.Conv`` (or :class:`jaxscale.models.conv.Conv2D`) call in call
-      order, each with its kernel path in ``params``, and for convs the input ``(H, W)``, stride and
-      explicit padding it was called with. A module applied several times (shared weights) appears
-      once per call, under the same name: give such layers distinct names before measuring.
+    Every ``nn.Dense`` and 2-D ``nn.Conv`` (or :class:`jaxscale.models.conv.Conv2D`) call in call order
+    (= network order), with its kernel path in ``params`` and for convs the input ``(H, W)``, stride and
+    explicit padding it was called with. A module applied several times (shared weights) appears once
+    per call, under the same name: give such layers distinct names before measuring.
     """
     return trace(module, *args, **kwargs)[0]

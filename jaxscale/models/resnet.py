@@ -19,13 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxscale.models import init as I
-from jaxscale.models.conv import PATCH_CHUNK_BYTES, Conv2D
-from jaxscale.models.common import require
-
-INITS = ("head",)  # the pre-init-factor scripts used the same init (= factor 1)
-
-_PAD3 = ((1, 1), (1, 1))  # symmetric, as PyTorch: Flax 'SAME' would pad (0, 1) on stride-2 even inputs
-_PAD1 = ((0, 0), (0, 0))
+from jaxscale.models.common import Net, require
 
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(widths=(16, 32, 64, 128), blocks=(2, 2, 2, 2)),
@@ -36,32 +30,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _stage_stride(stage: int) -> int:
-    return 1 if stage == 0 else 2
-
-
-def _conv(width: int, kernel: int, stride: int, init_factor: float, dtype: Any, name: str,
-          impl: str = "xla", **settings: Any) -> Conv2D:
-    """Bias-free conv3×3 (pad 1) or conv1×1 (pad 0), kaiming-normal fan-out × init factor."""
-    return Conv2D(
-        width, (kernel, kernel), strides=(stride, stride),
-        padding=_PAD3 if kernel == 3 else _PAD1, use_bias=False,
-        kernel_init=I.scaled(I.kaiming_normal_fan_out, init_factor),
-        dtype=dtype, param_dtype=jnp.float32, impl=impl, name=name, **settings,
-    )
-
-
-def _bn(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-    """PyTorch-default BatchNorm2d (γ = 1, β = 0 are Flax's defaults too)."""
-    return nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5,
+class _ConvBN(Net):
+    def _conv_bn(self, x, width: int, k: int, stride: int, train: bool, conv_name: str, bn_name: str):
+        """Bias-free k×k conv (kaiming-normal fan-out × init factor) then BatchNorm."""
+        # symmetric padding, as PyTorch: Flax 'SAME' would pad (0, 1) on stride-2 even inputs
+        pad = ((1, 1), (1, 1)) if k == 3 else ((0, 0), (0, 0))
+        x = self._conv(width, k, stride, pad, I.scaled(I.kaiming_normal_fan_out, self.init_factor), conv_name)(x)
         # two-pass variance, as PyTorch computes it (the fast E[x²]−E[x]² form loses precision)
-        use_fast_variance=False,
-        dtype=dtype, param_dtype=jnp.float32, name=name,
-    )
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+                            dtype=self.dtype, param_dtype=jnp.float32, name=bn_name)(x)
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_ConvBN, kw_only=True):
     """conv3×3(s) BN ReLU, conv3×3 BN, + shortcut (1×1 conv(s) + BN when s ≠ 1 or C_in ≠ width), ReLU.
 
     ``[B, H, W, C_in]`` → ``[B, ⌊(H−1)/s⌋+1, ⌊(W−1)/s⌋+1, width]``.
@@ -69,27 +49,17 @@ class BasicBlock(nn.Module):
 
     width: int
     stride: int
-    init_factor: float
-    dtype: Any
-    conv_impl: str = "xla"
-    precision: Any = None
-    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x, train: bool):
-        f, dt, ci = self.init_factor, self.dtype, self.conv_impl
-        cs = dict(precision=self.precision, chunk_bytes=self.conv_chunk_bytes)
-        y = _conv(self.width, 3, self.stride, f, dt, "conv1", ci, **cs)(x)
-        y = nn.relu(_bn(train, dt, "bn1")(y))
-        y = _conv(self.width, 3, 1, f, dt, "conv2", ci, **cs)(y)
-        y = _bn(train, dt, "bn2")(y)
+        y = nn.relu(self._conv_bn(x, self.width, 3, self.stride, train, "conv1", "bn1"))
+        y = self._conv_bn(y, self.width, 3, 1, train, "conv2", "bn2")
         if self.stride != 1 or x.shape[-1] != self.width:
-            x = _conv(self.width, 1, self.stride, f, dt, "shortcut_conv", ci, **cs)(x)
-            x = _bn(train, dt, "shortcut_bn")(x)
+            x = self._conv_bn(x, self.width, 1, self.stride, train, "shortcut_conv", "shortcut_bn")
         return nn.relu(y + x)
 
 
-class ResNet(nn.Module):
+class ResNet(_ConvBN, kw_only=True):
     """Input ``[B, H, W, C]`` float (NHWC, normalised) → logits ``[B, num_classes]`` float32.
 
     Parameter names: ``stem_conv``, ``stem_bn``, ``stage{s}_block{b}/{conv1,bn1,conv2,bn2,shortcut_conv,
@@ -99,47 +69,21 @@ class ResNet(nn.Module):
     widths: tuple[int, ...]
     blocks: tuple[int, ...]
     num_classes: int
-    init_factor: float = 1.0
-    dtype: Any = jnp.float32
-    conv_impl: str = "xla"  # see jaxscale.models.conv
-    precision: Any = None  # matmul precision (registry.PRECISION_SETTINGS)
-    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = x.astype(self.dtype)
-        x = _conv(self.widths[0], 3, 1, self.init_factor, self.dtype, "stem_conv", self.conv_impl,
-                  precision=self.precision, chunk_bytes=self.conv_chunk_bytes)(x)
-        x = nn.relu(_bn(train, self.dtype, "stem_bn")(x))
+        x = nn.relu(self._conv_bn(x.astype(self.dtype), self.widths[0], 3, 1, train, "stem_conv", "stem_bn"))
         for s, (width, n) in enumerate(zip(self.widths, self.blocks)):
-            for b in range(n):
-                x = BasicBlock(
-                    init_factor=self.init_factor, dtype=self.dtype, width=width, conv_impl=self.conv_impl,
-                    precision=self.precision, conv_chunk_bytes=self.conv_chunk_bytes,
-                    stride=_stage_stride(s) if b == 0 else 1, name=f"stage{s}_block{b}",
-                )(x, train)
-        x = jnp.mean(x, axis=(1, 2))
-        x = nn.Dense(
-            self.num_classes,
-            kernel_init=I.scaled(I.normal(0.01), self.init_factor), bias_init=I.zeros,
-            dtype=self.dtype, param_dtype=jnp.float32, name="fc", precision=self.precision,
-        )(x)
+            for b in range(n):  # stage strides 1, 2, 2, ...
+                x = BasicBlock(width=width, stride=2 if s > 0 and b == 0 else 1, **self._shared(),
+                               name=f"stage{s}_block{b}")(x, train)
+        x = self._dense(self.num_classes, I.scaled(I.normal(0.01), self.init_factor), "fc")(jnp.mean(x, axis=(1, 2)))
         return x.astype(jnp.float32)
 
 
 def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
     """Raise UsageError if the hyper-parameters cannot build a ResNet."""
     require(len(hyper["widths"]) >= 1, "resnet widths is empty; give one width per stage, e.g. [16, 32, 64, 128]")
-    require(
-        len(hyper["widths"]) == len(hyper["blocks"]),
-        f"resnet widths {list(hyper['widths'])} and blocks {list(hyper['blocks'])} differ in length; "
-        "give one block count per stage",
-    )
-
-
-def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any,
-          conv_impl: str = "xla", **settings: Any) -> ResNet:
-    """The ResNet module for resolved ``hyper`` (``init`` is always ``"head"``); ``settings``:
-    ``precision``, ``conv_chunk_bytes``."""
-    return ResNet(num_classes=num_classes, init_factor=init_factor, dtype=dtype, conv_impl=conv_impl, **settings,
-                  **hyper)
+    require(len(hyper["widths"]) == len(hyper["blocks"]),
+            f"resnet widths {list(hyper['widths'])} and blocks {list(hyper['blocks'])} differ in length; "
+            "give one block count per stage")

@@ -26,9 +26,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxscale.models import init as I
-from jaxscale.models.conv import PATCH_CHUNK_BYTES, Conv2D
-from jaxscale.config import INITS  # noqa: F401 — ViT has both
-from jaxscale.models.common import require
+from jaxscale.models.common import Net, require
 
 PRESETS: dict[str, dict[str, Any]] = {
     "mnist": dict(patch=7, dim=128, depth=4, heads=4, mlp_dim=512),
@@ -39,66 +37,47 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _weight_inits(init: str, factor: float) -> tuple[I.Initializer, I.Initializer]:
-    """``(patch_conv_init, linear_init)`` for the chosen init scheme, init factor applied."""
-    if init == "old":
-        return I.scaled(I.trunc_normal(0.02), factor), I.scaled(I.trunc_normal(0.02), factor)
-    return I.scaled(I.kaiming_normal_fan_out, factor), I.scaled(I.xavier_uniform, factor)
-
-
-def _linear(features: int, kernel_init: I.Initializer, dtype: Any, name: str, precision: Any) -> nn.Dense:
-    """An ``nn.Linear`` of the official model: given weight init, zero bias."""
-    return nn.Dense(features, kernel_init=kernel_init, bias_init=I.zeros,
-                    dtype=dtype, param_dtype=jnp.float32, name=name, precision=precision)
-
-
 def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
-class MultiHeadSelfAttention(nn.Module):
+class MultiHeadSelfAttention(Net, kw_only=True):
     """PyTorch ``nn.MultiheadAttention`` self-attention (no masks, no dropout). ``[B, N, D]`` → ``[B, N, D]``."""
 
     heads: int
     linear_init: I.Initializer
-    dtype: Any
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x):
         b, n, d = x.shape
         hd = d // self.heads
-        qkv = _linear(3 * d, I.xavier_uniform, self.dtype, "in_proj", self.precision)(x)  # unscaled: see module doc
+        qkv = self._dense(3 * d, I.xavier_uniform, "in_proj")(x)  # unscaled: see module doc
         # split Q | K | V along features, then each into contiguous per-head chunks of size D/heads
         q, k, v = (t.reshape(b, n, self.heads, hd) for t in jnp.split(qkv, 3, axis=-1))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision) / math.sqrt(hd)
         # softmax in float32 so a bfloat16 compute dtype does not wreck the normalisation
         attn = nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", attn, v, precision=self.precision).reshape(b, n, d)
-        return _linear(d, self.linear_init, self.dtype, "out_proj", self.precision)(out)
+        return self._dense(d, self.linear_init, "out_proj")(out)
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(Net, kw_only=True):
     """Pre-LN block: x + MHSA(LN₁ x), then + MLP(LN₂ x). ``[B, N, D]`` → ``[B, N, D]``."""
 
     heads: int
     mlp_dim: int
     linear_init: I.Initializer
-    dtype: Any
-    precision: Any = None
 
     @nn.compact
     def __call__(self, x):
-        p = self.precision
-        x = x + MultiHeadSelfAttention(self.heads, self.linear_init, self.dtype, p, name="attn")(
-            _layer_norm(self.dtype, "ln1")(x)
-        )
-        h = _linear(self.mlp_dim, self.linear_init, self.dtype, "fc1", p)(_layer_norm(self.dtype, "ln2")(x))
-        h = _linear(x.shape[-1], self.linear_init, self.dtype, "fc2", p)(nn.gelu(h, approximate=False))
+        attn = MultiHeadSelfAttention(heads=self.heads, linear_init=self.linear_init, **self._shared(), name="attn")
+        x = x + attn(_layer_norm(self.dtype, "ln1")(x))
+        h = self._dense(self.mlp_dim, self.linear_init, "fc1")(_layer_norm(self.dtype, "ln2")(x))
+        h = self._dense(x.shape[-1], self.linear_init, "fc2")(nn.gelu(h, approximate=False))
         return x + h
 
 
-class ViT(nn.Module):
+class ViT(Net, kw_only=True):
     """Input ``[B, H, W, C]`` float (NHWC, normalised) → logits ``[B, num_classes]`` float32.
 
     Parameter names: ``patch_embed``, ``cls_token`` ``(1, 1, D)``, ``pos_embed`` ``(1, 1+N, D)``,
@@ -111,53 +90,34 @@ class ViT(nn.Module):
     heads: int
     mlp_dim: int
     num_classes: int
-    init_factor: float = 1.0
-    init_scheme: str = "head"  # ("init" would shadow Module.init)
-    dtype: Any = jnp.float32
-    conv_impl: str = "xla"  # see jaxscale.models.conv
-    precision: Any = None  # matmul precision (registry.PRECISION_SETTINGS)
-    conv_chunk_bytes: int = PATCH_CHUNK_BYTES
+    init_scheme: str = "head"  # "head" or "old" ("init" would shadow Module.init)
 
     @nn.compact
     def __call__(self, x, train: bool):
         del train  # no dropout, no BatchNorm: train and eval are the same function
-        patch_init, linear_init = _weight_inits(self.init_scheme, self.init_factor)
-        b = x.shape[0]
-        x = Conv2D(
-            self.dim, (self.patch, self.patch), strides=(self.patch, self.patch), padding=((0, 0), (0, 0)),
-            kernel_init=patch_init, bias_init=I.zeros,
-            dtype=self.dtype, param_dtype=jnp.float32, impl=self.conv_impl, name="patch_embed",
-            precision=self.precision, chunk_bytes=self.conv_chunk_bytes,
-        )(x.astype(self.dtype))
+        f, b, p = self.init_factor, x.shape[0], self.patch
+        if self.init_scheme == "old":
+            patch_init, linear_init = I.scaled(I.trunc_normal(0.02), f), I.scaled(I.trunc_normal(0.02), f)
+        else:
+            patch_init, linear_init = I.scaled(I.kaiming_normal_fan_out, f), I.scaled(I.xavier_uniform, f)
+        x = self._conv(self.dim, p, p, ((0, 0), (0, 0)), patch_init, "patch_embed", I.zeros)(x.astype(self.dtype))
         x = x.reshape(b, -1, self.dim)  # row-major patches: token = h'·W' + w', as PyTorch flatten(2)
         cls = self.param("cls_token", I.trunc_normal(0.02), (1, 1, self.dim), jnp.float32)
         pos = self.param("pos_embed", I.trunc_normal(0.02), (1, 1 + x.shape[1], self.dim), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, self.dim)), x], axis=1)
         x = x + pos.astype(self.dtype)
         for i in range(self.depth):
-            x = EncoderBlock(self.heads, self.mlp_dim, linear_init, self.dtype, self.precision, name=f"block{i}")(x)
+            x = EncoderBlock(heads=self.heads, mlp_dim=self.mlp_dim, linear_init=linear_init, **self._shared(),
+                             name=f"block{i}")(x)
         x = _layer_norm(self.dtype, "ln_f")(x)[:, 0]
-        x = _linear(self.num_classes, linear_init, self.dtype, "head", self.precision)(x)
-        return x.astype(jnp.float32)
+        return self._dense(self.num_classes, linear_init, "head")(x).astype(jnp.float32)
 
 
 def validate(hyper: dict, input_shape: tuple[int, int, int]) -> None:
     """Raise UsageError if the hyper-parameters cannot build a ViT on ``input_shape``."""
     h, w = input_shape[:2]
     p = hyper["patch"]
-    require(
-        h % p == 0 and w % p == 0,
-        f"vit patch={p} does not divide the {h}x{w} input; choose a patch size that divides both",
-    )
-    require(
-        hyper["dim"] % hyper["heads"] == 0,
-        f"vit dim={hyper['dim']} is not divisible by heads={hyper['heads']}; choose heads dividing dim",
-    )
-
-
-def build(hyper: dict, num_classes: int, init_factor: float, init: str, dtype: Any,
-          conv_impl: str = "xla", **settings: Any) -> ViT:
-    """The ViT module for resolved ``hyper`` and ``init`` (``"head"`` or ``"old"``); ``settings``:
-    ``precision``, ``conv_chunk_bytes``."""
-    return ViT(num_classes=num_classes, init_factor=init_factor, init_scheme=init, dtype=dtype,
-               conv_impl=conv_impl, **settings, **hyper)
+    require(h % p == 0 and w % p == 0,
+            f"vit patch={p} does not divide the {h}x{w} input; choose a patch size that divides both")
+    require(hyper["dim"] % hyper["heads"] == 0,
+            f"vit dim={hyper['dim']} is not divisible by heads={hyper['heads']}; choose heads dividing dim")

@@ -1,28 +1,11 @@
 """Largest singular value by warm-started block power iteration, for dense matrices and conv operators.
 
-Everything here is a pure function of arrays: jittable, ``jax.vmap``-able over a leading seed axis,
-no hidden state. The caller carries a block of ``k`` orthonormal right vectors from one call to the
-next (the norm state), so that after a converged start one iteration per training step keeps it
-converged. ``k = 1`` is plain power iteration.
-
-The estimate ``σ̂ = ‖AᵀA x‖ / ‖A x‖`` (``x`` the top Ritz vector of the block) is never above the
-true σ_max (‖Aᵀ û‖ ≤ σ_max for any unit û), never below the Rayleigh estimate ‖A x‖
-(Cauchy-Schwarz), costs no extra mat-vec, and equals σ_max exactly once ``x`` is the top right
-singular vector. So a stale block can only make the estimate *low*, never blow it up.
-
-Degenerate inputs: if ``A V = 0`` (an all-zero layer, or ``V`` in the null space) the estimate is 0
-and the block is kept unchanged instead of becoming NaN; the measures floor σ = 0 at 1e-12 as the
-official code does.
-
-Converged start: at initialisation the weights are random and their top singular values are
-nearly degenerate (σ₂/σ₁ = 0.9995 for the CIFAR CNN's 512×32768 layer), where power iteration
-needs thousands of iterations (relative error still 1e-3 after 300). :func:`lanczos_top`
-(Golub-Kahan-Lanczos bidiagonalisation with full reorthogonalisation) reaches ~1e-7 there with 64
-steps (128 mat-vecs); it converges a fresh block (and re-converges it at every logged read).
-
-Precision: mat-vecs and convolutions request ``lax.Precision.HIGHEST`` so that accelerators that
-default to reduced-precision float32 matmuls (TF32 on recent NVIDIA GPUs, bf16 passes on TPU) still
-give float32-accurate σ. These products are memory-bound (a mat-*vec*), so this costs ~nothing.
+Pure functions of arrays (jittable, vmappable over seeds). The caller carries a block of ``k``
+orthonormal right vectors between calls (the norm state): after a converged start (:func:`lanczos_top`)
+one iteration per train step keeps it converged. The estimate ``σ̂ = ‖AᵀA x‖ / ‖A x‖`` (``x`` the top
+Ritz vector) is never above σ_max (‖Aᵀ û‖ ≤ σ_max for unit û), never below the Rayleigh estimate
+‖A x‖, costs no extra mat-vec and is exact once ``x`` is the top right singular vector: a stale
+block can only make it low. An all-zero operator gives 0 and keeps the block (no NaN).
 """
 
 from __future__ import annotations
@@ -36,6 +19,8 @@ from jax import lax
 
 from jaxscale.models.conv import Padding
 
+# TF32 / bf16-pass defaults of GPUs and TPUs would cost σ its float32 accuracy; these products are
+# memory-bound mat-vecs, so HIGHEST costs ~nothing.
 _HI = lax.Precision.HIGHEST
 
 # Up to this many iterations the loop is unrolled in Python (the in-step case, n_iter = 1 or 2: no
@@ -68,22 +53,17 @@ def _eigh_fixed_signs(m: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 @jax.custom_batching.custom_vmap
 def _orthonormal_rows(x: jax.Array) -> jax.Array:
-    """Orthonormal basis ``[k, n]`` of the rows of ``x [k, n]`` (Householder QR, row order kept).
-
-    Row ``j`` of the result spans rows ``0..j`` of ``x``, so the best guess (row 0) stays first.
-    Householder QR returns an orthonormal basis even when ``x`` is rank-deficient, so no NaN appears.
+    """Orthonormal basis ``[k, n]`` of the rows of ``x [k, n]``: row ``j`` spans rows ``0..j`` (best guess
+    first); Householder QR stays orthonormal (no NaN) for rank-deficient ``x``.
 
     Never batched on CPU: several *batched* LAPACK QRs in one program (what ``vmap`` over seeds
-    makes of the per-layer QRs of a train step) deadlocked XLA:CPU in jax 0.10.2 (every runtime
-    thread parked; reproduced with 6 QRs of ``[8, 32768, 4]`` in one jitted function, hanging on the
-    2nd call). The vmap rule below maps the unbatched QR over the batch there (``lax.map``); on
-    GPU/TPU it stays one batched QR (a loop of S tiny QRs per layer per step would be launch-bound).
-    """
+    makes of a train step's per-layer QRs) deadlocked XLA:CPU in jax 0.10.2 (6 QRs of ``[8, 32768, 4]``
+    in one jitted function hung on the 2nd call). The vmap rule maps the unbatched QR there; on GPU/TPU
+    it stays one batched QR (S tiny QRs per layer per step would be launch-bound)."""
     return _qr_rows(x)
 
 
 def _qr_rows(x: jax.Array) -> jax.Array:
-    """Q of the rows of ``x [..., k, n]`` (any leading batch dims) -> ``[..., k, n]``."""
     q, _ = jnp.linalg.qr(jnp.swapaxes(x, -1, -2))
     return jnp.swapaxes(q, -1, -2)
 
@@ -101,42 +81,16 @@ def _orthonormal_rows_vmap(axis_size, in_batched, x):
     return _qr_rows(x), True
 
 
-def block_power_iteration(
-    apply: Callable[[jax.Array], jax.Array],
-    apply_t: Callable[[jax.Array], jax.Array],
-    v: jax.Array,
-    n_iter: int,
-) -> tuple[jax.Array, jax.Array]:
-    """Warm-started block (subspace) power iteration with Rayleigh–Ritz, for σ_max of ``A``.
+def block_power_iteration(apply: Callable, apply_t: Callable, v: jax.Array, n_iter: int) -> tuple[jax.Array, jax.Array]:
+    """``n_iter`` (static) block power iterations with Rayleigh–Ritz: ``(sigma [], v_new [k, *shape])``.
 
-    Why a block: along training the top singular values of a layer are nearly degenerate
-    (σ₂/σ₁ ≈ 1) and cross as the weights move; a single carried vector then follows the
-    *previous* top direction and σ lags by up to 10 % for tens of steps. A block of ``k``
-    orthonormal vectors keeps the whole top-``k`` subspace converged, and the small Rayleigh–Ritz
-    step picks the current top direction inside it at every call.
+    Why a block: the top singular values of a trained layer are nearly degenerate and cross as the
+    weights move; one carried vector then follows the *previous* top direction and σ lags by up to
+    10 % for tens of steps, while a block keeps the top-``k`` subspace converged. One iteration on
+    ``V [k, n]`` (``M = AᵀA``; ``apply``/``apply_t`` map blocks ``[k, *shape]`` ↔ ``[k, *out_shape]``)::
 
-    One iteration, block ``V [k, n]`` with orthonormal rows (``M = AᵀA``)::
-
-        U = A V                      (k applications of A, batched: a dense kernel is read once)
-        G = U Uᵀ = V M Vᵀ,  G = Y diag(θ) Yᵀ     (k×k eigh, θ descending: Rayleigh–Ritz)
-        U ← Yᵀ U,  W = Aᵀ U = Yᵀ M V           (Ritz-rotated; one batched application of Aᵀ)
-        σ̂ = ‖W₀‖ / ‖U₀‖ = ‖M x‖ / ‖A x‖,  x = top Ritz vector Yᵀ₀ V
-        V ← orth(W)                  (Householder QR, top row first)
-
-    ``σ̂`` is the single-vector estimate (module docstring) of the top Ritz vector: at least the
-    top Ritz value √θ₀, exact once span(V) contains the top right singular vector. ``k = 1`` is
-    plain power iteration (up to the sign of ``v``).
-
-    Args:
-      apply: ``X -> A X`` on a batch (input ``[k, *shape]`` → ``[k, *out_shape]``).
-      apply_t: ``Y -> Aᵀ Y`` on a batch (``[k, *out_shape]`` → ``[k, *shape]``).
-      v: ``[k, *shape]`` block from the previous call (orthonormal rows once flattened, or any
-        full-rank block).
-      n_iter: static number of iterations ≥ 1.
-
-    Returns:
-      ``(sigma [], v_new [k, *shape])``: the estimate and the new orthonormal block, rows ordered
-      by decreasing Ritz value (row 0 = best top-vector guess).
+        U = A V;  U Uᵀ = Y diag(θ) Yᵀ (k×k eigh);  U ← Yᵀ U;  W = Aᵀ U
+        σ̂ = ‖W₀‖ / ‖U₀‖ (module docstring);  V ← orth(W)  (Householder QR, top Ritz row first)
     """
     k = v.shape[0]
 
@@ -163,49 +117,23 @@ def block_power_iteration(
     return lax.fori_loop(0, n_iter, lambda _, carry: one(carry[1]), (jnp.zeros((), v.dtype), v))
 
 
-Operator = tuple[Callable[[jax.Array], jax.Array], Callable[[jax.Array], jax.Array]]
+def dense_operator(kmat: jax.Array) -> tuple[Callable, Callable]:
+    """``(x -> W x, y -> Wᵀ y)`` for ``W = kmatᵀ``, ``kmat [fan_in, fan_out]`` (a flax kernel reshaped
+    to ``(kh·kw·C_in, C_out)``: a row permutation of PyTorch's flattening, same singular values), on
+    one vector or a block ``[k, ·]``. The kernel is read once per application whatever ``k`` is, and
+    only the small block is transposed."""
+    return lambda x: jnp.matmul(x, kmat, precision=_HI), lambda y: jnp.matmul(kmat, y.T, precision=_HI).T
 
 
-def dense_operator(kmat: jax.Array) -> Operator:
-    """``(x -> W x, y -> Wᵀ y)`` for ``W = kmatᵀ``, ``kmat`` in flax layout ``(fan_in, fan_out)``.
-
-    Both act on one vector (``[fan_in]``, ``[fan_out]``) or on a block of row vectors (``[k, ·]``).
-    The flax kernel is used as stored: ``W v = v @ kmat`` and ``Wᵀ u = (kmat @ uᵀ)ᵀ``, which reads
-    the kernel once per application whatever ``k`` is and transposes only the small block, never
-    the kernel. A conv kernel ``(kh, kw, C_in, C_out)`` enters as its free reshape
-    ``(kh·kw·C_in, C_out)``: a row permutation of the PyTorch-flattened ``(C_out, C_in·kh·kw)``
-    matrix's transpose, hence the same singular values.
-    """
-    return (
-        lambda x: jnp.matmul(x, kmat, precision=_HI),
-        lambda y: jnp.matmul(kmat, y.T, precision=_HI).T,
-    )
-
-
-def conv_operator(
-    kernel: jax.Array, input_shape: tuple[int, ...], stride: tuple[int, int], padding: Padding
-) -> Operator:
-    """``(x -> A x, y -> Aᵀ y)`` for the bias-free conv ``A`` on ``[..., H, W, C_in]`` feature maps.
-
-    Args:
-      kernel: flax layout ``[kh, kw, C_in, C_out]``.
-      input_shape: ``[H, W, C_in]`` (one vector) or ``[k, H, W, C_in]`` (a block: the batch axis
-        of one convolution).
-      stride: ``(sh, sw)``; padding: explicit ``((top, bottom), (left, right))`` zeros.
-
-    ``Aᵀ`` comes from ``jax.linear_transpose`` (a transposed / input-dilated conv), so no explicit
-    operator matrix is ever formed.
-    """
+def conv_operator(kernel: jax.Array, input_shape: tuple, stride: tuple, padding: Padding) -> tuple[Callable, Callable]:
+    """``(x -> A x, y -> Aᵀ y)`` for the bias-free conv ``A`` (``kernel [kh, kw, C_in, C_out]``, explicit
+    zero ``padding``) on ``input_shape`` ``[H, W, C_in]`` or a block ``[k, H, W, C_in]``; ``Aᵀ`` is
+    ``jax.linear_transpose``'s transposed conv, so no operator matrix is formed."""
 
     def apply(x: jax.Array) -> jax.Array:
-        y = lax.conv_general_dilated(
-            x.reshape((-1,) + x.shape[-3:]),
-            kernel,
-            window_strides=tuple(stride),
-            padding=tuple(tuple(p) for p in padding),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=_HI,
-        )
+        y = lax.conv_general_dilated(x.reshape((-1,) + x.shape[-3:]), kernel, window_strides=tuple(stride),
+                                     padding=tuple(tuple(p) for p in padding),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=_HI)
         return y.reshape(x.shape[:-3] + y.shape[1:])
 
     transpose = jax.linear_transpose(apply, jax.ShapeDtypeStruct(tuple(input_shape), kernel.dtype))
@@ -213,29 +141,16 @@ def conv_operator(
 
 
 def lanczos_top(apply: Callable, apply_t: Callable, v0: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Top singular value and top right vectors by ``k`` steps of Golub-Kahan-Lanczos bidiagonalisation.
+    """Top singular value and right vectors by ``k`` (static) Golub-Kahan-Lanczos steps: ``(sigma [],
+    v [b, *shape])``, orthonormal rows, top Ritz vector first.
 
-    Builds orthonormal bases ``V = [v_1..v_k]`` (input space, from ``v0[0]``) and ``U = [u_1..u_k]``
-    with ``A V = U B``, ``B`` upper bidiagonal (diagonal α_j, super-diagonal β_j); ``B``'s top
-    singular values and right singular vectors ``y`` give ``σ`` and the Ritz vectors ``V y``. Full
-    reorthogonalisation (applied twice, "twice is enough") keeps float32 bases orthogonal.
-    Breakdown (an exhausted Krylov space, e.g. a low-rank operator or one with few distinct
-    singular values such as a 1×1 strided conv) is detected by the second pass and ends the
-    recurrence with exact zeros, instead of normalising rounding noise. The Ritz value never
-    exceeds σ_max (interlacing; up to float32 rounding, ~1e-7 relative).
-
-    Cost: ``k`` applications of ``A`` and of ``Aᵀ``, plus ≈ ``4·k²·(n + m)`` flops to keep the
-    bases orthogonal; memory ``k·(n + m)`` floats for the bases (n, m = input, output sizes).
-
-    Args:
-      apply, apply_t: ``x -> A x`` and ``y -> Aᵀ y`` on single vectors (:func:`dense_operator`,
-        :func:`conv_operator`).
-      v0: ``[b, *shape]`` start block; row 0 starts the recurrence, all rows complete the result
-        when the Krylov space has fewer than ``b`` dimensions (tiny operators).
-      k: Krylov dimension (static); capped at ``min(n, m + 1)``.
-
-    Returns:
-      ``(sigma [], v [b, *shape])``: orthonormal rows, top Ritz vector first.
+    Why: at initialisation the top singular values are nearly degenerate (σ₂/σ₁ = 0.9995 for the
+    CIFAR CNN's 512×32768 layer), where power iteration still has 1e-3 error after 300 iterations;
+    64 Lanczos steps reach ~1e-7. Row 0 of ``v0 [b, *shape]`` starts the recurrence; all rows complete
+    the block when the Krylov space (capped at ``min(n, m + 1)``) is smaller than ``b``. Full
+    reorthogonalisation keeps float32 bases orthogonal; the Ritz value never exceeds σ_max (up to
+    ~1e-7 rounding). Cost: ``k`` applications of ``A`` and ``Aᵀ`` plus ≈ ``4·k²·(n + m)`` flops and
+    ``k·(n + m)`` floats (n, m = input, output sizes).
     """
     n_vecs = v0.shape[0]
     in_shape = v0.shape[1:]
@@ -276,15 +191,8 @@ def lanczos_top(apply: Callable, apply_t: Callable, v0: jax.Array, k: int) -> tu
         return vs, us, alphas.at[j].set(alpha), betas.at[j].set(beta), w, u, beta
 
     v_start, _ = _safe_unit(v0[0].reshape(-1), zero)
-    init = (
-        jnp.zeros((k, n), dt),
-        jnp.zeros((k, m), dt),
-        jnp.zeros((k,), dt),
-        jnp.zeros((k,), dt),
-        v_start,
-        jnp.zeros((m,), dt),
-        zero,
-    )
+    init = (jnp.zeros((k, n), dt), jnp.zeros((k, m), dt), jnp.zeros((k,), dt), jnp.zeros((k,), dt),
+            v_start, jnp.zeros((m,), dt), zero)
     vs, _, alphas, betas, *_ = lax.fori_loop(0, k, body, init)
     b = jnp.diag(alphas) + jnp.diag(betas[:-1], 1)
     # Top right singular pairs of B from the symmetric eigenproblem of BᵀB (k×k): XLA's CPU SVD

@@ -1,19 +1,12 @@
 """Norms as one transform: settings bound once in :class:`Norms`, then pure ``init`` / ``update`` / ``read``.
 
-The carried state (:class:`NormState`) is a block of ``k`` orthonormal right vectors per layer
-whose σ is estimated by block power iteration (:func:`jaxscale.norms.power.block_power_iteration`),
-keyed by ``WeightLayer.name``; ``k = min(block, vector size)``. It is an ordinary pytree: it can
-live inside the train state, be ``jax.vmap``-ed over a leading seed axis, and be checkpointed with
-everything else. The convention is static metadata, so a state built for one convention is
-rejected by the other instead of silently mis-shaping.
-
-Block shapes (per seed) are ``[k, *vector shape]`` with these vector shapes:
-  * dense layer, any convention: ``[fan_in]`` (flax kernel rows, i.e. the ``in`` axis);
-  * conv layer, ``paper``: ``[kh·kw·C_in]`` — the flattened kernel's right vector, in the flax
-    kernel's ``(kh, kw, C_in)`` row order (a permutation of PyTorch's ``(C_in, kh, kw)``; singular
-    values do not depend on it);
-  * conv layer, ``bartlett``: ``[H, W, C_in]`` — a vector in the conv operator's input space, with
-    ``(H, W) = layer.input_hw``.
+The carried :class:`NormState` is an ordinary pytree (vmappable over seeds, checkpointed with the
+train state): per σ-carrying layer, keyed by ``WeightLayer.name``, a block of ``k = min(block, vector
+size)`` orthonormal right vectors ``[k, *vector shape]`` for :func:`jaxscale.norms.power.block_power_iteration`:
+  * dense layer: ``[fan_in]``;
+  * conv layer, ``paper``: ``[kh·kw·C_in]``, the flattened kernel's right vector in flax's
+    ``(kh, kw, C_in)`` order (a permutation of PyTorch's: same singular values);
+  * conv layer, ``bartlett``: ``[H, W, C_in]``, the conv operator's input space (``layer.input_hw``).
 """
 
 from __future__ import annotations
@@ -30,14 +23,8 @@ from jaxscale.config import CONVENTIONS, FAMILIES as PAPER_FAMILIES  # the offic
 from jaxscale.errors import UsageError
 from jaxscale.models.common import require
 from jaxscale.models.layers import WeightLayer
-from jaxscale.norms.measures import assemble, kernel_as_matrix, layer_stats
-from jaxscale.norms.power import (
-    _orthonormal_rows,
-    block_power_iteration,
-    conv_operator,
-    dense_operator,
-    lanczos_top,
-)
+from jaxscale.norms.measures import assemble, layer_stats
+from jaxscale.norms.power import _orthonormal_rows, block_power_iteration, conv_operator, dense_operator, lanczos_top
 
 # Vectors per layer. Along training the top singular values are nearly degenerate and cross; a
 # block of 4 keeps the in-step σ (1 iteration per step) within 1e-3 where a single vector lagged
@@ -48,56 +35,27 @@ DEFAULT_BLOCK = 4
 
 @flax.struct.dataclass
 class NormState:
-    """Block power-iteration vectors, one orthonormal block per σ-carrying layer.
-
-    Attributes:
-      vectors: ``{layer.name: [k, *vector shape] block}``, rows orthonormal, row 0 the current
-        top-vector estimate (shapes in the module docstring; with a leading seed axis when stacked
-        for an ensemble).
-      convention: ``"paper"`` or ``"bartlett"`` (static, not a pytree leaf).
-      block: requested vectors per layer (static); a layer gets ``min(block, vector size)``.
-    """
+    """``vectors``: ``{layer.name: [k, *vector shape]}`` orthonormal rows, row 0 the top-vector estimate
+    (a leading seed axis when stacked); ``convention`` is static, so the other convention rejects it."""
 
     vectors: dict[str, jax.Array]
     convention: str = flax.struct.field(pytree_node=False, default="paper")
-    block: int = flax.struct.field(pytree_node=False, default=DEFAULT_BLOCK)
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    require(not isinstance(value, bool) and isinstance(value, int) and value >= minimum,
-            f"norms {name} must be an integer >= {minimum}, got {value!r}; use e.g. {max(minimum, 1)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Norms:
-    """The five log-norms of a network's weights as a pure, jittable, vmappable transform.
-
-    Usage (any Flax module; :func:`jaxscale.models.trace_layers` finds its Dense/Conv layers)::
-
-        norms = Norms(trace_layers(model, x))            # bartlett convention, every layer
-        state = norms.init(params, key)                  # converged start vectors
-        log_norms, state = norms.update(params, state)   # each train step: cheap, tracks σ
-        log_norms, state = norms.read(params, state)     # when logging: re-converged, exact
-
-    ``log_norms`` is ``{name: scalar natural log}`` for every name in ``NORM_NAMES``. Call the
-    methods per seed and ``jax.vmap`` them over a leading seed axis of ``params`` and ``state``.
+    """The five log-norms ``{name: scalar natural log}`` of a network's weights as a pure, jittable
+    transform; call ``init``/``update``/``read`` per seed and ``jax.vmap`` them over seeds.
 
     Attributes:
-      layers: the network's weight layers in network order (``ModelSpec.layers`` or
-        :func:`jaxscale.models.trace_layers`).
+      layers: weight layers in network order (``ModelSpec.layers`` or :func:`jaxscale.models.trace_layers`).
       convention: ``"bartlett"`` (every layer, convs' true operator norms) or ``"paper"`` (the
-        official code's definitions on the ``in_paper`` layers; needs ``family``).
-      family: ``"cnn" | "resnet" | "vit"`` (the paper formulas differ for ViT), or ``None``.
-      block: vectors per layer (1 is plain power iteration).
-      power_iterations: block iterations per ``update``.
-      every: how often jaxscale's train step calls ``update`` (every this many optimiser steps;
-        0: never, the norms are only read at logged epochs).
-      krylov_dim: Lanczos steps that converge a dense / flattened-kernel layer's block in ``init``
-        and ``read`` (where the top singular values are nearly degenerate and plain power
-        iteration would need thousands of steps).
-      conv_krylov_dim: the same for conv operators (bartlett): their spectra are denser near the
-        top (boundary-split ±frequency pairs); on the MNIST CNN's 28×28×32 conv 64 steps leave
-        4e-5, 128 leave 1.3e-5 and 256 are converged.
+        official definitions on the ``in_paper`` layers; needs ``family``: cnn, resnet or vit).
+      block: vectors per layer (1 is plain power iteration); power_iterations: per ``update``.
+      every: jaxscale's train step calls ``update`` every this many optimiser steps (0: never).
+      krylov_dim: Lanczos steps converging a dense / flattened-kernel block in ``init`` and ``read``.
+      conv_krylov_dim: the same for bartlett conv operators, whose spectra are denser near the top
+        (on the MNIST CNN's 28×28×32 conv 64 steps leave 4e-5, 128 leave 1.3e-5, 256 converge).
     """
 
     layers: tuple[WeightLayer, ...]
@@ -116,9 +74,10 @@ class Norms:
         require(self.convention == "bartlett" or self.family in PAPER_FAMILIES,
                 f"the paper convention is defined for the {', '.join(PAPER_FAMILIES)} families, "
                 f"not {self.family!r}; use convention='bartlett' for other models")
-        for name in ("block", "power_iterations", "krylov_dim", "conv_krylov_dim"):
-            _positive_int(name, getattr(self, name))
-        _positive_int("every", self.every, minimum=0)
+        for name in ("block", "power_iterations", "krylov_dim", "conv_krylov_dim", "every"):
+            v, low = getattr(self, name), int(name != "every")
+            require(not isinstance(v, bool) and isinstance(v, int) and v >= low,
+                    f"norms {name} must be an integer >= {low}, got {v!r}; use e.g. {max(low, 1)}")
         names = [layer.name for layer in self.layers]
         dup = sorted({n for n in names if names.count(n) > 1})
         require(not dup, f"weight layers must have unique names, repeated: {', '.join(dup)}; "
@@ -139,13 +98,8 @@ class Norms:
             return tuple(layer for layer in self.layers if layer.in_paper)
         return self.layers
 
-    # -- pure functions of (params, state) ------------------------------------------------------
-
     def init(self, params: Any, key: jax.Array) -> NormState:
-        """Random orthonormal blocks (deterministic in ``key``), converged by Lanczos.
-
-        ``params``: one seed's ``params`` collection (vmap this over seeds with a stack of keys).
-        """
+        """Random orthonormal blocks (deterministic in ``key``) for one seed's ``params``, converged by Lanczos."""
         kernels = [self._kernel(layer, params) for layer in self.used]
         shapes = [self._block_shape(layer, k.shape) for layer, k in zip(self.used, kernels)]
         sizes = [int(np.prod(shp)) for shp in shapes]
@@ -159,29 +113,21 @@ class Norms:
         return self._converge(params, self._state(vectors))
 
     def update(self, params: Any, state: NormState) -> tuple[dict[str, jax.Array], NormState]:
-        """``power_iterations`` warm-started block iterations: ``(log_norms, new_state)``.
+        """``(log_norms, new_state)`` after ``power_iterations`` warm-started block iterations (in the step).
 
-        σ estimates are lower bounds, exact once the vectors have converged; one iteration per
-        train step keeps converged vectors within ~1e-4 once training settles (tests/test_norms.py).
-        Each iteration applies every layer and its transpose once to the ``k`` vectors (one kernel
-        read each way for a dense layer, a batch-``k`` conv for a conv operator), plus a ``k×k``
-        eigh and a ``k``-row Householder QR. Every other statistic is exact.
-        """
+        σ estimates are lower bounds, within ~1e-4 once converged vectors track settled training; each
+        iteration applies every layer and its transpose once to the ``k`` vectors, plus a ``k×k`` eigh
+        and a ``k``-row QR. Every other statistic is exact."""
         return self._measure(params, state, self.power_iterations)
 
     def read(self, params: Any, state: NormState) -> tuple[dict[str, jax.Array], NormState]:
-        """The logged values: re-converge the carried vectors (Lanczos from them), then measure.
-
-        Exact to ~1e-5 whatever the in-step history: while the nearly degenerate top singular
-        values of freshly initialised layers reorder under the first large updates, in-step values
-        can lag by a few percent; a read does not. Reads are rare (≈50 a run).
-        """
+        """The logged values: re-converge the carried vectors (Lanczos from them), then measure. Exact to
+        ~1e-5 whatever the in-step history (in-step values lag by a few percent while the nearly
+        degenerate top singular values of fresh layers reorder); reads are rare (≈50 a run)."""
         return self._measure(params, self._converge(params, state), 1)
 
-    # -- internals -------------------------------------------------------------------------------
-
     def _state(self, vectors: dict) -> NormState:
-        return NormState(vectors=vectors, convention=self.convention, block=self.block)
+        return NormState(vectors=vectors, convention=self.convention)
 
     def _kernel(self, layer: WeightLayer, params: Any) -> jax.Array:
         try:
@@ -210,7 +156,7 @@ class Norms:
         """``(apply, apply_t)`` of the layer's σ-carrying operator on vectors of ``shape``."""
         if self.convention == "bartlett" and layer.kind == "conv":
             return conv_operator(kernel, shape, layer.stride, layer.padding)
-        return dense_operator(kernel_as_matrix(kernel))
+        return dense_operator(kernel.reshape(-1, kernel.shape[-1]))
 
     def _checked(self, params: Any, state: NormState) -> dict[str, jax.Array]:
         """``{name: kernel}`` after rejecting a state built for another model or convention."""
@@ -233,11 +179,9 @@ class Norms:
         kernels = self._checked(params, state)
         vectors = {}
         for layer in self.used:
-            v = state.vectors[layer.name]
-            apply, apply_t = self._operator(layer, kernels[layer.name], v.shape[1:])
-            conv = self.convention == "bartlett" and layer.kind == "conv"
-            _, vectors[layer.name] = lanczos_top(
-                apply, apply_t, v, self.conv_krylov_dim if conv else self.krylov_dim)
+            v, conv = state.vectors[layer.name], self.convention == "bartlett" and layer.kind == "conv"
+            _, vectors[layer.name] = lanczos_top(*self._operator(layer, kernels[layer.name], v.shape[1:]), v,
+                                                 self.conv_krylov_dim if conv else self.krylov_dim)
         return self._state(vectors)
 
     def _measure(self, params: Any, state: NormState, n_iter: int) -> tuple[dict, NormState]:
@@ -245,9 +189,7 @@ class Norms:
         sigmas, stats, vectors = [], [], {}
         for layer in self.used:
             kernel, v = kernels[layer.name], state.vectors[layer.name]
-            sigma, vectors[layer.name] = block_power_iteration(
-                *self._operator(layer, kernel, v.shape), v, n_iter)
+            sigma, vectors[layer.name] = block_power_iteration(*self._operator(layer, kernel, v.shape), v, n_iter)
             sigmas.append(sigma)
             stats.append(layer_stats(layer, kernel, self.family, self.convention))
-        norms = assemble(self.family, self.used, params, sigmas, stats, self.convention)
-        return norms, self._state(vectors)
+        return assemble(self.family, self.used, params, sigmas, stats, self.convention), self._state(vectors)
