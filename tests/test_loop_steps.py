@@ -18,7 +18,7 @@ from jaxscale.data import load_dataset
 from jaxscale.errors import UsageError
 from jaxscale.train import build_experiment, run_experiment
 from jaxscale.train.checkpoint import CHECKSUM_FILE, Checkpoints
-from jaxscale.train.loop import _Run, training_fingerprint
+from jaxscale.train.loop import RunLoop, training_fingerprint
 from jaxscale.train.preemption import Interrupted, StopFlag
 
 RAW = {"name": "steps", "model": {"family": "cnn", "preset": "tiny"}, "data": {"dataset": "digits"},
@@ -63,7 +63,7 @@ def test_resume_mid_P_restores_curves_stats_and_state_and_continues_to_the_same_
     shutil.copytree(ref["dir"], directory)
     shutil.rmtree(directory / "2")  # as if stopped after epoch 1: the continuation saves step 2 again
     ck = Checkpoints(directory, keep=10)
-    run = _Run(exp, checkpoints=ck)
+    run = RunLoop(exp, checkpoints=ck)
     events = _events(run)
     meta = ck.read_meta(1)
     pi, epoch, states = run.resume((1, meta))
@@ -82,7 +82,7 @@ def test_resume_mid_P_restores_curves_stats_and_state_and_continues_to_the_same_
 
 def test_resume_from_a_complete_P_and_from_scratch(exp, ref):
     ck = Checkpoints(ref["dir"], keep=10)
-    run = _Run(exp, checkpoints=ck)
+    run = RunLoop(exp, checkpoints=ck)
     assert run.resume(None) == (0, 0, None) and run.stats.resumed_from is None
     assert np.isnan(run.curves.values["test_error"]).all()
     assert run.resume((2, ck.read_meta(2))) == (1, 0, None)  # P index 0 was complete: go on with the next
@@ -106,7 +106,7 @@ def test_resume_discards_a_corrupt_unverified_checkpoint_and_refuses_a_verified_
     ck = Checkpoints(directory, keep=10, warn=msgs.append)
     step, meta = ck.choose()
     assert step == 2 and ck.unverified == {2}
-    run = _Run(exp, checkpoints=ck)
+    run = RunLoop(exp, checkpoints=ck)
     assert run.resume((step, meta)) == (0, 0, None)  # starts over
     assert ck.steps() == [1] and not (directory / "2").exists()
     assert any("is unusable" in m and "skipped and deleted" in m for m in msgs)
@@ -127,7 +127,7 @@ def test_resume_discards_a_corrupt_unverified_checkpoint_and_refuses_a_verified_
 
 
 def test_train_P_fills_the_P_s_curves_and_stats(exp, ref):
-    run = _Run(exp)
+    run = RunLoop(exp)
     events = _events(run)
     states = run.train_P(0, 1, run.init(0))
     assert np.asarray(states.step).tolist() == [4, 4]
@@ -152,7 +152,7 @@ def test_train_P_flags_a_diverged_seed_and_keeps_the_other(exp, ref):
             return states
         return states.replace(params=jax.tree.map(lambda p: p.at[1].set(jnp.nan), states.params))
 
-    run = _Run(exp)
+    run = RunLoop(exp)
     run.train_P(0, 1, run.init(0), on_epoch=poison)
     assert run.stats.nonfinite == [{"P": 40, "seed": 1}]
     for k, v in run.curves.values.items():
@@ -161,7 +161,7 @@ def test_train_P_flags_a_diverged_seed_and_keeps_the_other(exp, ref):
 
 
 def test_evaluate_writes_exactly_the_logged_column(exp, ref):
-    run = _Run(exp)
+    run = RunLoop(exp)
     events = _events(run)
     states = run.init(0)
     states, _ = run.programs["epoch"](states, run.subsets, *run.train_data, np.int32(1))
@@ -179,7 +179,7 @@ def test_evaluate_writes_exactly_the_logged_column(exp, ref):
 
 def test_stop_point_saves_after_the_last_epoch_and_when_due(exp, tmp_path):
     ck = Checkpoints(tmp_path / "ck", keep=10)  # no periodic policy
-    run = _Run(exp, checkpoints=ck)
+    run = RunLoop(exp, checkpoints=ck)
     events = _events(run)
     states = run.init(0)
     run.stop_point(0, 1, states)  # not due, not the last epoch, no stop: nothing
@@ -194,7 +194,7 @@ def test_stop_point_saves_after_the_last_epoch_and_when_due(exp, tmp_path):
     assert meta["config"] == training_fingerprint(exp.cfg) and set(meta["stats"]) == {"per_P", "nonfinite", "wall_s"}
     ck.close()
     due = Checkpoints(tmp_path / "due", keep=10, every_epochs=1)
-    _Run(exp, checkpoints=due).stop_point(0, 1, states)
+    RunLoop(exp, checkpoints=due).stop_point(0, 1, states)
     due.close()
     assert due.steps() == [1]
 
@@ -202,7 +202,7 @@ def test_stop_point_saves_after_the_last_epoch_and_when_due(exp, tmp_path):
 def test_stop_point_on_a_stop_request_saves_then_raises(exp, tmp_path):
     ck = Checkpoints(tmp_path / "ck", keep=10)
     stop = StopFlag()
-    run = _Run(exp, checkpoints=ck, stop=stop)
+    run = RunLoop(exp, checkpoints=ck, stop=stop)
     states = run.init(0)
     run.stop_point(0, 1, states)
     assert ck.steps() == []
@@ -213,7 +213,7 @@ def test_stop_point_on_a_stop_request_saves_then_raises(exp, tmp_path):
     assert e.value.checkpoint_dir == str(ck.directory)
     assert ck.steps() == [1] and (ck.step_dir(1) / CHECKSUM_FILE).is_file()  # saved and verified before raising
     ck.close()
-    bare = _Run(exp, stop=stop)  # without checkpoints: stops all the same, nothing saved
+    bare = RunLoop(exp, stop=stop)  # without checkpoints: stops all the same, nothing saved
     with pytest.raises(Interrupted) as e:
         bare.stop_point(0, 2, states)
     assert (e.value.P, e.value.epoch, e.value.checkpoint_dir) == (40, 2, None)

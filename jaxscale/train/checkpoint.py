@@ -234,6 +234,9 @@ class Checkpoints:
             if chosen < 0 and bad:
                 self.warn(f"no usable checkpoint in {self.directory}: starting from scratch")
         chosen = distributed.broadcast_int(chosen)
+        # every process must agree on it: a restore failure discards an unverified one everywhere
+        if distributed.broadcast_int(int(chosen in self.unverified)):
+            self.unverified.add(chosen)
         distributed.barrier("jaxscale-checkpoint-choose")
         self._mgr.reload()
         return None if chosen < 0 else (chosen, self.read_meta(chosen))

@@ -262,7 +262,7 @@ def run_experiment(exp: Experiment, *, progress: Optional[ProgressFn] = None, la
     """
     if checkpoints is not None and resume == "auto":
         resume = choose_resume(checkpoints, exp.cfg)
-    run = _Run(exp, layout, checkpoints, progress, stop)
+    run = RunLoop(exp, layout, checkpoints, progress, stop)
     start_pi, start_epoch, states = run.resume(resume if checkpoints is not None else None)
     for pi in range(start_pi, len(run.Ps)):
         if pi > start_pi:
@@ -279,7 +279,7 @@ def _per_s(seconds_images) -> float:
     return float(images / seconds) if seconds > 0 else float("nan")
 
 
-class _Run:
+class RunLoop:
     """The named steps of :func:`run_experiment` over its shared state (the arrays on the devices,
     the curves and statistics so far): :meth:`resume`, :meth:`init` and :meth:`train_P` of each P,
     :meth:`evaluate` at logged epochs and :meth:`stop_point` (checkpoint policy, stop requests)."""
