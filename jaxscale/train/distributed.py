@@ -107,8 +107,8 @@ def initialize(spec: Optional[ClusterSpec]) -> None:
     if not spec.auto and spec.process_id != 0:
         _wait_for_coordinator(spec)
     try:  # None parameters (``auto``) are JAX's auto-detection
-        jax.distributed.initialize(spec.coordinator, spec.num_processes, spec.process_id,
-                                   initialization_timeout=spec.timeout_s)
+        jax.distributed.initialize(coordinator_address=spec.coordinator, num_processes=spec.num_processes,
+                                   process_id=spec.process_id, initialization_timeout=spec.timeout_s)
     except (ValueError, RuntimeError) as e:
         where = "auto-detection (--distributed)" if spec.auto else f"coordinator {spec.coordinator}"
         raise UsageError(f"could not join the multi-host cluster via {where}: {e}: check the address, "
